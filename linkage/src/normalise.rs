@@ -1,0 +1,422 @@
+//! Identifier normalisation: one versioned rule set shared by every node.
+//!
+//! Every function returns `None` when the value is missing, a placeholder or
+//! invalid. A missing component yields no token; it is never hashed as an empty
+//! string. Each normaliser is idempotent: normalising its own output gives the
+//! same output.
+
+use chrono::{Datelike, NaiveDate, Utc};
+use unicode_normalization::UnicodeNormalization;
+
+/// Version of the normalisation rules. Nodes that disagree on it cannot link,
+/// so it is part of every derived key's context.
+pub const RULES_VERSION: u32 = 1;
+
+/// The earliest date of birth accepted; earlier dates are data-entry errors.
+pub const EARLIEST_BIRTH_YEAR: i32 = 1900;
+
+/// A validated 10-digit NHS number, as ASCII digits.
+pub type NhsNumber = [u8; 10];
+
+/// Validates an NHS number: digits only (spaces and hyphens allowed as
+/// separators), exactly 10 of them, and a correct modulus-11 check digit.
+/// Numbers of one repeated digit are test placeholders and are rejected.
+pub fn nhs_number(raw: &str) -> Option<NhsNumber> {
+    let mut digits = [0u8; 10];
+    let mut n = 0;
+    for b in raw.bytes() {
+        match b {
+            b'0'..=b'9' => {
+                if n == 10 {
+                    return None;
+                }
+                digits[n] = b;
+                n += 1;
+            }
+            b' ' | b'-' | b'\t' => {}
+            _ => return None,
+        }
+    }
+    if n != 10 || digits.iter().all(|&d| d == digits[0]) {
+        return None;
+    }
+    (nhs_check_digit(&digits) == Some(digits[9] - b'0')).then_some(digits)
+}
+
+/// The modulus-11 check digit for the first nine digits, or `None` when the
+/// computation gives 10 (such numbers are never issued).
+pub fn nhs_check_digit(digits: &[u8]) -> Option<u8> {
+    let sum: u32 = digits[..9]
+        .iter()
+        .zip((2..=10u32).rev())
+        .map(|(d, w)| u32::from(d - b'0') * w)
+        .sum();
+    match 11 - (sum % 11) {
+        11 => Some(0),
+        10 => None,
+        c => Some(c as u8),
+    }
+}
+
+const TITLES: &[&str] = &[
+    "MR", "MRS", "MS", "MISS", "MX", "DR", "PROF", "SIR", "DAME", "REV", "LADY", "LORD",
+];
+const SUFFIXES: &[&str] = &["JR", "SR", "II", "III", "IV", "PHD", "MD", "ESQ"];
+const PLACEHOLDERS: &[&str] = &[
+    "UNKNOWN",
+    "NOTKNOWN",
+    "UNK",
+    "NK",
+    "NA",
+    "NONE",
+    "NULL",
+    "TEST",
+    "TESTPATIENT",
+    "PATIENT",
+    "ANONYMOUS",
+    "ZZZTRASH",
+    "XXX",
+    "XXXX",
+    "BABY",
+    "INFANT",
+];
+
+/// Which part of a name is normalised; family names need two letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NamePart {
+    Family,
+    Given,
+}
+
+/// Normalises a name: Unicode NFKD with accents stripped, upper case, letters
+/// A-Z only, titles and suffixes dropped. Placeholders such as `UNKNOWN` and
+/// one-letter family names are rejected.
+pub fn name(raw: &str, part: NamePart) -> Option<String> {
+    let mut joined = String::with_capacity(raw.len());
+    for word in raw.split(|c: char| c.is_whitespace() || c == ',' || c == '.') {
+        let word = fold_to_ascii_letters(word);
+        if word.is_empty() || TITLES.contains(&word.as_str()) || SUFFIXES.contains(&word.as_str()) {
+            continue;
+        }
+        joined.push_str(&word);
+    }
+    let min_len = match part {
+        NamePart::Family => 2,
+        NamePart::Given => 1,
+    };
+    let rejected = joined.len() < min_len
+        || PLACEHOLDERS.contains(&joined.as_str())
+        || TITLES.contains(&joined.as_str())
+        || SUFFIXES.contains(&joined.as_str());
+    (!rejected).then_some(joined)
+}
+
+/// Upper-case A-Z letters of `word`, with accents stripped and letters that do
+/// not decompose (Æ, Ø, ß, Ł ...) spelled out.
+fn fold_to_ascii_letters(word: &str) -> String {
+    let mut out = String::with_capacity(word.len());
+    for c in word.nfkd() {
+        match c {
+            'a'..='z' => out.push(c.to_ascii_uppercase()),
+            'A'..='Z' => out.push(c),
+            'æ' | 'Æ' => out.push_str("AE"),
+            'œ' | 'Œ' => out.push_str("OE"),
+            'ø' | 'Ø' => out.push('O'),
+            'ß' => out.push_str("SS"),
+            'ł' | 'Ł' => out.push('L'),
+            'đ' | 'Đ' => out.push('D'),
+            'þ' | 'Þ' => out.push_str("TH"),
+            'ı' => out.push('I'),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// A normalised date of birth as `YYYYMMDD` ASCII digits.
+pub type BirthDate = [u8; 8];
+
+/// Parses a date of birth in common formats (`YYYY-MM-DD`, `YYYYMMDD`,
+/// `DD/MM/YYYY`, `DD-MM-YYYY`, `DD.MM.YYYY`, `YYYY/MM/DD`, `DD Mon YYYY`),
+/// rejecting impossible dates, dates before 1900 and dates after today.
+pub fn date_of_birth(raw: &str) -> Option<BirthDate> {
+    date_of_birth_as_of(raw, Utc::now().date_naive())
+}
+
+/// [`date_of_birth`] with an explicit "today", for reproducible tests.
+pub fn date_of_birth_as_of(raw: &str, today: NaiveDate) -> Option<BirthDate> {
+    let date = parse_date(raw.trim())?;
+    if date.year() < EARLIEST_BIRTH_YEAR || date > today {
+        return None;
+    }
+    Some(birth_date_digits(date))
+}
+
+/// The `YYYYMMDD` digits of a date.
+pub fn birth_date_digits(date: NaiveDate) -> BirthDate {
+    let mut out = [0u8; 8];
+    let text = format!("{:04}{:02}{:02}", date.year(), date.month(), date.day());
+    out.copy_from_slice(text.as_bytes());
+    out
+}
+
+fn parse_date(s: &str) -> Option<NaiveDate> {
+    let s = strip_time_of_day(s);
+    if s.len() == 8 && s.bytes().all(|b| b.is_ascii_digit()) {
+        return ymd(&s[0..4], &s[4..6], &s[6..8]);
+    }
+    if let Some(d) = parse_month_name(s) {
+        return Some(d);
+    }
+    let parts: Vec<&str> = s.split(['-', '/', '.']).collect();
+    if parts.len() != 3 || parts.iter().any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
+        return None;
+    }
+    match (parts[0].len(), parts[2].len()) {
+        (4, 1..=2) => ymd(parts[0], parts[1], parts[2]),
+        (1..=2, 4) => ymd(parts[2], parts[1], parts[0]),
+        _ => None,
+    }
+}
+
+/// Date-times from some systems (`1950-02-03T00:00:00`, `03/02/1950 00:00`):
+/// keeps the ten-character date part only.
+fn strip_time_of_day(s: &str) -> &str {
+    let b = s.as_bytes();
+    let date_part_numeric = b.len() > 10 && b[..10].iter().all(|c| c.is_ascii_digit() || b"-/.".contains(c));
+    if date_part_numeric && matches!(b[10], b'T' | b' ') {
+        &s[..10]
+    } else {
+        s
+    }
+}
+
+fn parse_month_name(s: &str) -> Option<NaiveDate> {
+    const MONTHS: [&str; 12] = [
+        "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
+    ];
+    let parts: Vec<&str> = s.split([' ', '-']).filter(|p| !p.is_empty()).collect();
+    if parts.len() != 3 || parts[2].len() != 4 {
+        return None;
+    }
+    let month_word = parts[1].to_ascii_uppercase();
+    let month = MONTHS.iter().position(|m| month_word.starts_with(m))? + 1;
+    ymd(parts[2], &month.to_string(), parts[0])
+}
+
+fn ymd(y: &str, m: &str, d: &str) -> Option<NaiveDate> {
+    NaiveDate::from_ymd_opt(y.parse().ok()?, m.parse().ok()?, d.parse().ok()?)
+}
+
+/// Administrative sex as used in tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sex {
+    Male,
+    Female,
+}
+
+impl Sex {
+    /// The one-letter code hashed into tokens.
+    pub fn code(self) -> &'static str {
+        match self {
+            Sex::Male => "M",
+            Sex::Female => "F",
+        }
+    }
+}
+
+/// Maps M/F, MALE/FEMALE and the NHS codes 1/2 to a sex; anything else (9,
+/// X, unknown, not specified) is missing.
+pub fn sex(raw: &str) -> Option<Sex> {
+    match raw.trim().to_ascii_uppercase().as_str() {
+        "M" | "MALE" | "1" => Some(Sex::Male),
+        "F" | "FEMALE" | "2" => Some(Sex::Female),
+        _ => None,
+    }
+}
+
+/// Normalises a UK postcode: upper case, no spaces, validated against the
+/// shape `A[A]9[A9]9AA`.
+pub fn postcode(raw: &str) -> Option<String> {
+    let compact: String = raw
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    is_valid_postcode(compact.as_bytes()).then_some(compact)
+}
+
+/// The postcode sector (outward code and the inward digit) of a normalised
+/// postcode, e.g. `LS16AB` gives `LS16`.
+pub fn postcode_sector(normalised: &str) -> Option<&str> {
+    is_valid_postcode(normalised.as_bytes()).then(|| &normalised[..normalised.len() - 2])
+}
+
+fn is_valid_postcode(p: &[u8]) -> bool {
+    if !(5..=7).contains(&p.len()) {
+        return false;
+    }
+    let (outward, inward) = p.split_at(p.len() - 3);
+    let inward_ok =
+        inward[0].is_ascii_digit() && inward[1].is_ascii_uppercase() && inward[2].is_ascii_uppercase();
+    let area_len = outward.iter().take_while(|b| b.is_ascii_uppercase()).count();
+    let district = &outward[area_len..];
+    let outward_ok = (1..=2).contains(&area_len)
+        && !district.is_empty()
+        && district.len() <= 2
+        && district[0].is_ascii_digit()
+        && district
+            .get(1)
+            .is_none_or(|b| b.is_ascii_digit() || b.is_ascii_uppercase());
+    inward_ok && outward_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nhs_numbers_published_examples() {
+        // NHS Data Dictionary example and a widely used test number.
+        assert_eq!(nhs_number("943 476 5919"), Some(*b"9434765919"));
+        assert_eq!(nhs_number("4010232137"), Some(*b"4010232137"));
+        assert_eq!(nhs_number("943-476-5919"), Some(*b"9434765919"));
+        // Wrong check digit, wrong length, letters, placeholder.
+        assert_eq!(nhs_number("9434765918"), None);
+        assert_eq!(nhs_number("943476591"), None);
+        assert_eq!(nhs_number("94347659190"), None);
+        assert_eq!(nhs_number("94347A5919"), None);
+        assert_eq!(nhs_number("0000000000"), None);
+        assert_eq!(nhs_number(""), None);
+    }
+
+    #[test]
+    fn check_digit_ten_is_never_issued() {
+        // 1000000010: sum of weights gives remainder 1, so check would be 10.
+        let digits = b"100000001";
+        let sum: u32 = 10 + 2;
+        assert_eq!(11 - sum % 11, 10);
+        assert_eq!(nhs_check_digit(digits), None);
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(name("O'Brien", NamePart::Family).as_deref(), Some("OBRIEN"));
+        assert_eq!(name("  José  ", NamePart::Given).as_deref(), Some("JOSE"));
+        assert_eq!(name("Łukasz", NamePart::Given).as_deref(), Some("LUKASZ"));
+        assert_eq!(name("Smith-Jones", NamePart::Family).as_deref(), Some("SMITHJONES"));
+        assert_eq!(name("Dr John", NamePart::Given).as_deref(), Some("JOHN"));
+        assert_eq!(name("Smith Jr.", NamePart::Family).as_deref(), Some("SMITH"));
+        assert_eq!(name("Ærø", NamePart::Family).as_deref(), Some("AERO"));
+        assert_eq!(name("UNKNOWN", NamePart::Family), None);
+        assert_eq!(name("Not Known", NamePart::Given), None);
+        assert_eq!(name("n/a", NamePart::Family), None);
+        assert_eq!(name("X", NamePart::Family), None);
+        assert_eq!(name("J", NamePart::Given).as_deref(), Some("J"));
+        assert_eq!(name("", NamePart::Given), None);
+        assert_eq!(name("D R", NamePart::Family), None);
+    }
+
+    #[test]
+    fn dates_of_birth() {
+        let today = NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
+        let dob = |s| date_of_birth_as_of(s, today);
+        for s in [
+            "1950-02-03",
+            "19500203",
+            "03/02/1950",
+            "3/2/1950",
+            "03-02-1950",
+            "03.02.1950",
+            "1950/02/03",
+            "03 Feb 1950",
+            "3-FEB-1950",
+            "1950-02-03T00:00:00",
+            "1950-02-03 00:00:00",
+        ] {
+            assert_eq!(dob(s), Some(*b"19500203"), "{s}");
+        }
+        assert_eq!(dob("1965-02-31"), None, "impossible date");
+        assert_eq!(dob("2027-01-01"), None, "future date");
+        assert_eq!(dob("1899-12-31"), None, "too early");
+        assert_eq!(dob("03/02/50"), None, "two-digit year is ambiguous");
+        assert_eq!(dob("not a date"), None);
+        assert_eq!(dob(""), None);
+    }
+
+    #[test]
+    fn sex_codes() {
+        assert_eq!(sex("m"), Some(Sex::Male));
+        assert_eq!(sex("1"), Some(Sex::Male));
+        assert_eq!(sex("Female"), Some(Sex::Female));
+        assert_eq!(sex("2"), Some(Sex::Female));
+        assert_eq!(sex("9"), None);
+        assert_eq!(sex("X"), None);
+        assert_eq!(sex(""), None);
+    }
+
+    #[test]
+    fn postcodes() {
+        assert_eq!(postcode("ls1 6ab").as_deref(), Some("LS16AB"));
+        assert_eq!(postcode("M1 1AE").as_deref(), Some("M11AE"));
+        assert_eq!(postcode("EC1A 1BB").as_deref(), Some("EC1A1BB"));
+        assert_eq!(postcode("W1A 0AX").as_deref(), Some("W1A0AX"));
+        assert_eq!(postcode("B33 8TH").as_deref(), Some("B338TH"));
+        assert_eq!(postcode("LS1 6A"), None);
+        assert_eq!(postcode("1S1 6AB"), None);
+        assert_eq!(postcode("LSX 6AB"), None);
+        assert_eq!(postcode(""), None);
+        assert_eq!(postcode_sector("LS16AB"), Some("LS16"));
+        assert_eq!(postcode_sector("EC1A1BB"), Some("EC1A1"));
+        assert_eq!(postcode_sector("nonsense"), None);
+    }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn name_normalisation_is_idempotent(s in "\\PC{0,20}") {
+                for part in [NamePart::Family, NamePart::Given] {
+                    if let Some(n) = name(&s, part) {
+                        prop_assert_eq!(name(&n, part), Some(n.clone()));
+                        prop_assert!(n.bytes().all(|b| b.is_ascii_uppercase()));
+                    }
+                }
+            }
+
+            #[test]
+            fn date_normalisation_is_idempotent(y in 1890i32..2030, m in 1u32..13, d in 1u32..32, fmt in 0usize..4) {
+                let today = NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
+                let raw = match fmt {
+                    0 => format!("{y:04}-{m:02}-{d:02}"),
+                    1 => format!("{d}/{m}/{y}"),
+                    2 => format!("{d:02}.{m:02}.{y}"),
+                    _ => format!("{y}{m:02}{d:02}"),
+                };
+                if let Some(out) = date_of_birth_as_of(&raw, today) {
+                    let text = std::str::from_utf8(&out).unwrap();
+                    prop_assert_eq!(date_of_birth_as_of(text, today), Some(out));
+                }
+            }
+
+            #[test]
+            fn nhs_and_postcode_normalisation_is_idempotent(digits in "[0-9 ]{8,13}", pc in "[A-Za-z]{1,2}[0-9][A-Za-z0-9]? ?[0-9][A-Za-z]{2}") {
+                if let Some(n) = nhs_number(&digits) {
+                    prop_assert_eq!(nhs_number(std::str::from_utf8(&n).unwrap()), Some(n));
+                }
+                if let Some(p) = postcode(&pc) {
+                    prop_assert_eq!(postcode(&p), Some(p.clone()));
+                }
+            }
+
+            #[test]
+            fn sex_normalisation_is_idempotent(s in "[MFmf12X9 ]{0,3}|male|female") {
+                if let Some(x) = sex(&s) {
+                    prop_assert_eq!(sex(x.code()), Some(x));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! Token kinds and the keyed pseudonyms computed from normalised identifiers.
+//!
+//! A token is `HMAC-SHA256(K(project, kind), length-prefixed fields)` truncated
+//! to 128 bits. Each field is preceded by its length as a big-endian `u32`, so
+//! `("AB", "C")` and `("A", "BC")` hash differently.
+
+use crate::keys::KeyedHasher;
+use crate::normalise::{self, BirthDate, NamePart, NhsNumber, Sex};
+use crate::phonetic::soundex;
+use crate::secret::LinkageSecret;
+
+/// Length of a token in bytes (128 bits).
+pub const TOKEN_LEN: usize = 16;
+
+/// A keyed pseudonym.
+pub type Token = [u8; TOKEN_LEN];
+
+/// The kinds of token, strongest first. A record's `pid` is the first kind
+/// its identifiers allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TokenKind {
+    /// NHS number.
+    NhsNumber,
+    /// Family name, given name, date of birth, sex.
+    NameDobSex,
+    /// Family name, given-name initial, date of birth, sex.
+    NameInitialDobSex,
+    /// Family name, given name, date of birth, postcode sector.
+    NameDobSector,
+    /// Soundex of family and given names, date of birth, sex.
+    PhoneticDobSex,
+}
+
+impl TokenKind {
+    /// Every kind, strongest first.
+    pub const ALL: [TokenKind; 5] = [
+        TokenKind::NhsNumber,
+        TokenKind::NameDobSex,
+        TokenKind::NameInitialDobSex,
+        TokenKind::NameDobSector,
+        TokenKind::PhoneticDobSex,
+    ];
+
+    /// The stable name used in key derivation and in published token tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            TokenKind::NhsNumber => "nhs_number",
+            TokenKind::NameDobSex => "name_dob_sex",
+            TokenKind::NameInitialDobSex => "name_initial_dob_sex",
+            TokenKind::NameDobSector => "name_dob_sector",
+            TokenKind::PhoneticDobSex => "phonetic_dob_sex",
+        }
+    }
+
+    /// Parses a kind from its [`name`](Self::name).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// A person's identifiers after normalisation; absent components are `None`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    pub nhs_number: Option<NhsNumber>,
+    pub family_name: Option<String>,
+    pub given_name: Option<String>,
+    pub date_of_birth: Option<BirthDate>,
+    pub sex: Option<Sex>,
+    pub postcode: Option<String>,
+}
+
+/// Raw identifier values as a source holds them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawIdentity<'a> {
+    pub nhs_number: Option<&'a str>,
+    pub family_name: Option<&'a str>,
+    pub given_name: Option<&'a str>,
+    pub date_of_birth: Option<&'a str>,
+    pub sex: Option<&'a str>,
+    pub postcode: Option<&'a str>,
+}
+
+impl Identity {
+    /// Normalises every component of a raw identity.
+    pub fn normalise(raw: &RawIdentity<'_>) -> Self {
+        Self {
+            nhs_number: raw.nhs_number.and_then(normalise::nhs_number),
+            family_name: raw.family_name.and_then(|s| normalise::name(s, NamePart::Family)),
+            given_name: raw.given_name.and_then(|s| normalise::name(s, NamePart::Given)),
+            date_of_birth: raw.date_of_birth.and_then(normalise::date_of_birth),
+            sex: raw.sex.and_then(normalise::sex),
+            postcode: raw.postcode.and_then(normalise::postcode),
+        }
+    }
+
+    /// The fields hashed for `kind`, or `None` when a component is missing.
+    pub fn fields(&self, kind: TokenKind) -> Option<TokenFields<'_>> {
+        let name_dob = || -> Option<(&str, &str, &str)> {
+            Some((
+                self.family_name.as_deref()?,
+                self.given_name.as_deref()?,
+                std::str::from_utf8(self.date_of_birth.as_ref()?).ok()?,
+            ))
+        };
+        let fields = match kind {
+            TokenKind::NhsNumber => TokenFields::one(std::str::from_utf8(self.nhs_number.as_ref()?).ok()?),
+            TokenKind::NameDobSex => {
+                let (f, g, d) = name_dob()?;
+                TokenFields::four(f, g, d, self.sex?.code())
+            }
+            TokenKind::NameInitialDobSex => {
+                let (f, g, d) = name_dob()?;
+                TokenFields::four(f, &g[..1], d, self.sex?.code())
+            }
+            TokenKind::NameDobSector => {
+                let (f, g, d) = name_dob()?;
+                let sector = normalise::postcode_sector(self.postcode.as_deref()?)?;
+                TokenFields::four(f, g, d, sector)
+            }
+            TokenKind::PhoneticDobSex => {
+                let (f, g, d) = name_dob()?;
+                TokenFields::phonetic(soundex(f), soundex(g), d, self.sex?.code())
+            }
+        };
+        Some(fields)
+    }
+}
+
+/// The normalised fields of one token, borrowed where possible.
+#[derive(Debug)]
+pub struct TokenFields<'a> {
+    parts: [&'a str; 4],
+    codes: [[u8; 4]; 2],
+    len: usize,
+    phonetic: bool,
+}
+
+impl<'a> TokenFields<'a> {
+    fn one(a: &'a str) -> Self {
+        Self { parts: [a, "", "", ""], codes: [[0; 4]; 2], len: 1, phonetic: false }
+    }
+
+    fn four(a: &'a str, b: &'a str, c: &'a str, d: &'a str) -> Self {
+        Self { parts: [a, b, c, d], codes: [[0; 4]; 2], len: 4, phonetic: false }
+    }
+
+    fn phonetic(family: [u8; 4], given: [u8; 4], dob: &'a str, sex: &'a str) -> Self {
+        Self { parts: ["", "", dob, sex], codes: [family, given], len: 4, phonetic: true }
+    }
+
+    fn field(&self, i: usize) -> &[u8] {
+        if self.phonetic && i < 2 { &self.codes[i] } else { self.parts[i].as_bytes() }
+    }
+
+    /// Writes the length-prefixed encoding into `buf` (cleared first).
+    pub fn encode(&self, buf: &mut Vec<u8>) {
+        buf.clear();
+        for i in 0..self.len {
+            let field = self.field(i);
+            buf.extend_from_slice(&(field.len() as u32).to_be_bytes());
+            buf.extend_from_slice(field);
+        }
+    }
+}
+
+/// Computes one project's tokens: one prepared keyed hasher per token kind.
+#[derive(Debug, Clone)]
+pub struct Tokeniser {
+    project: String,
+    hashers: [KeyedHasher; 5],
+}
+
+impl Tokeniser {
+    /// Derives every token kind's key for `project`.
+    pub fn new(secret: &LinkageSecret, project: &str) -> Self {
+        let hashers = TokenKind::ALL.map(|kind| KeyedHasher::derive(secret, project, kind));
+        Self { project: project.to_string(), hashers }
+    }
+
+    /// The project whose pseudonym domain this tokeniser computes.
+    pub fn project(&self) -> &str {
+        &self.project
+    }
+
+    /// Hashes encoded fields with the key of `kind`, truncated to 128 bits.
+    pub fn token_of_encoded(&self, kind: TokenKind, encoded: &[u8]) -> Token {
+        let full = self.hashers[kind as usize].mac(encoded);
+        let mut token = [0u8; TOKEN_LEN];
+        token.copy_from_slice(&full[..TOKEN_LEN]);
+        token
+    }
+
+    /// The token of `kind` for `identity`, if its components are present.
+    /// `buf` is scratch space reused across calls.
+    pub fn token(&self, kind: TokenKind, identity: &Identity, buf: &mut Vec<u8>) -> Option<Token> {
+        identity.fields(kind)?.encode(buf);
+        Some(self.token_of_encoded(kind, buf))
+    }
+
+    /// The strongest available token for `identity`: its `pid`.
+    pub fn pid(&self, identity: &Identity, buf: &mut Vec<u8>) -> Option<Token> {
+        TokenKind::ALL.into_iter().find_map(|kind| self.token(kind, identity, buf))
+    }
+
+    /// The NHS-number token of a validated number, without allocating.
+    pub fn nhs_number_token(&self, nhs: &NhsNumber) -> Token {
+        let mut msg = [0u8; 14];
+        msg[..4].copy_from_slice(&10u32.to_be_bytes());
+        msg[4..].copy_from_slice(nhs);
+        self.token_of_encoded(TokenKind::NhsNumber, &msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokeniser(project: &str) -> Tokeniser {
+        Tokeniser::new(&LinkageSecret::from_bytes([42; 32]), project)
+    }
+
+    fn alice() -> Identity {
+        Identity::normalise(&RawIdentity {
+            nhs_number: Some("943 476 5919"),
+            family_name: Some("Smith"),
+            given_name: Some("Alice"),
+            date_of_birth: Some("03/02/1950"),
+            sex: Some("2"),
+            postcode: Some("LS1 6AB"),
+        })
+    }
+
+    #[test]
+    fn length_prefix_separates_field_boundaries() {
+        let t = tokeniser("p");
+        let mut buf = Vec::new();
+        TokenFields::four("AB", "C", "19500203", "F").encode(&mut buf);
+        let a = t.token_of_encoded(TokenKind::NameDobSex, &buf);
+        TokenFields::four("A", "BC", "19500203", "F").encode(&mut buf);
+        let b = t.token_of_encoded(TokenKind::NameDobSex, &buf);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn same_person_same_token_whatever_the_spelling_of_formats() {
+        let t = tokeniser("p");
+        let mut buf = Vec::new();
+        let other = Identity::normalise(&RawIdentity {
+            nhs_number: Some("9434765919"),
+            family_name: Some(" SMITH "),
+            given_name: Some("alice"),
+            date_of_birth: Some("1950-02-03"),
+            sex: Some("F"),
+            postcode: Some("ls16ab"),
+        });
+        for kind in TokenKind::ALL {
+            assert_eq!(t.token(kind, &alice(), &mut buf), t.token(kind, &other, &mut buf), "{kind:?}");
+            assert!(t.token(kind, &alice(), &mut buf).is_some(), "{kind:?}");
+        }
+        assert_eq!(t.nhs_number_token(b"9434765919"), t.token(TokenKind::NhsNumber, &alice(), &mut buf).unwrap());
+    }
+
+    #[test]
+    fn missing_components_yield_no_token() {
+        let t = tokeniser("p");
+        let mut buf = Vec::new();
+        let mut id = alice();
+        id.nhs_number = None;
+        assert_eq!(t.token(TokenKind::NhsNumber, &id, &mut buf), None);
+        assert_eq!(t.pid(&id, &mut buf), t.token(TokenKind::NameDobSex, &id, &mut buf));
+        id.sex = None;
+        assert_eq!(t.token(TokenKind::NameDobSex, &id, &mut buf), None);
+        assert_eq!(t.pid(&id, &mut buf), t.token(TokenKind::NameDobSector, &id, &mut buf));
+        id.postcode = None;
+        assert_eq!(t.pid(&id, &mut buf), None);
+        assert_eq!(t.pid(&Identity::default(), &mut buf), None);
+    }
+
+    #[test]
+    fn pid_prefers_nhs_number() {
+        let t = tokeniser("p");
+        let mut buf = Vec::new();
+        assert_eq!(t.pid(&alice(), &mut buf), t.token(TokenKind::NhsNumber, &alice(), &mut buf));
+    }
+
+    #[test]
+    fn kind_names_round_trip() {
+        for kind in TokenKind::ALL {
+            assert_eq!(TokenKind::from_name(kind.name()), Some(kind));
+        }
+        assert_eq!(TokenKind::from_name("nope"), None);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn different_projects_give_different_tokens(p1 in "[a-z]{1,8}", p2 in "[a-z]{1,8}", nine in 100_000_000u64..999_999_999) {
+                prop_assume!(p1 != p2);
+                let mut digits = format!("{nine:09}").into_bytes();
+                let Some(check) = normalise::nhs_check_digit(&digits) else { return Ok(()); };
+                digits.push(b'0' + check);
+                let nhs: NhsNumber = digits.try_into().unwrap();
+                prop_assert_ne!(tokeniser(&p1).nhs_number_token(&nhs), tokeniser(&p2).nhs_number_token(&nhs));
+            }
+
+            #[test]
+            fn moving_a_field_boundary_changes_the_token(a in "[A-Z]{1,6}", b in "[A-Z]{2,6}") {
+                let t = tokeniser("p");
+                let mut buf = Vec::new();
+                TokenFields::four(&a, &b, "19500203", "F").encode(&mut buf);
+                let split = t.token_of_encoded(TokenKind::NameDobSex, &buf);
+                let moved_a = format!("{a}{}", &b[..1]);
+                TokenFields::four(&moved_a, &b[1..], "19500203", "F").encode(&mut buf);
+                prop_assert_ne!(split, t.token_of_encoded(TokenKind::NameDobSex, &buf));
+            }
+        }
+    }
+}
