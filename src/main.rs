@@ -1,1 +1,216 @@
-fn main() {}
+//! `carrow`: the command-line interface. Thin by design: it parses
+//! arguments, sets up logging, loads configuration and calls the crates.
+
+mod config;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "carrow",
+    version,
+    about = "Federated SQL over care organisations' data, pseudonymised at each node"
+)]
+struct Cli {
+    /// Log line format on standard error; the level comes from RUST_LOG (default info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate three organisations, start their nodes and a coordinator on loopback, run example queries.
+    Demo,
+    /// Generate a reproducible synthetic population and three organisations' data.
+    Generate {
+        /// Output directory (created if missing; must not already hold generated data).
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of people in the region.
+        #[arg(long, default_value_t = carrow_synth::DEFAULT_PEOPLE)]
+        people: usize,
+        /// Random seed: the same seed gives the same data.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Snapshot date (YYYY-MM-DD): every generated date is on or before it.
+        #[arg(long, default_value_t = carrow_synth::default_as_of())]
+        as_of: chrono::NaiveDate,
+    },
+    /// Run an organisation's node.
+    Node {
+        /// The node's TOML configuration (overridable by CARROW_NODE__* variables).
+        #[arg(long)]
+        config: PathBuf,
+        /// Only load and validate the configuration, then exit.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Run the coordinator.
+    Coordinator {
+        /// The coordinator's TOML configuration (overridable by CARROW_COORDINATOR__* variables).
+        #[arg(long)]
+        config: PathBuf,
+        /// Only load and validate the configuration, then exit.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Run SQL against a coordinator or node and print the result.
+    Sql,
+    /// Submit, review and approve research requests.
+    Request,
+    /// Show, verify and reconcile audit logs.
+    Audit,
+    /// Linkage quality reports.
+    Link,
+    /// Manage the linkage secret.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Benchmarks of federated queries against a central baseline.
+    Bench,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Write a new 32-byte linkage secret (hex) to a new file with mode 0600.
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Generate {
+            out,
+            people,
+            seed,
+            as_of,
+        } => generate(out, people, seed, as_of),
+        Command::Keys {
+            command: KeysCommand::Generate { out },
+        } => {
+            let secret = carrow_linkage::LinkageSecret::generate()?;
+            secret.write_new(&out)?;
+            println!(
+                "wrote a new linkage secret to {} (mode 0600)",
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Node { config, check } => {
+            let cfg = config::load_node(&config)?;
+            carrow_linkage::LinkageSecret::load(&cfg.linkage_secret_file).with_context(|| {
+                format!("loading the linkage secret named in {}", config.display())
+            })?;
+            if check {
+                println!(
+                    "node configuration {} is valid: node {:?}, {} published tables",
+                    config.display(),
+                    cfg.name,
+                    cfg.tables.len()
+                );
+                return Ok(());
+            }
+            not_yet("serving a node (`carrow node` without --check)")
+        }
+        Command::Coordinator { config, check } => {
+            let cfg = config::load_coordinator(&config)?;
+            if check {
+                println!(
+                    "coordinator configuration {} is valid: {} nodes",
+                    config.display(),
+                    cfg.nodes.len()
+                );
+                return Ok(());
+            }
+            not_yet("serving the coordinator (`carrow coordinator` without --check)")
+        }
+        Command::Demo => not_yet("`carrow demo`"),
+        Command::Sql => not_yet("`carrow sql`"),
+        Command::Request => not_yet("`carrow request`"),
+        Command::Audit => not_yet("`carrow audit`"),
+        Command::Link => not_yet("`carrow link`"),
+        Command::Bench => not_yet("`carrow bench`"),
+    }
+}
+
+fn not_yet(what: &str) -> anyhow::Result<()> {
+    bail!("{what} is not yet available in this version of carrow")
+}
+
+fn generate(
+    out: PathBuf,
+    people: usize,
+    seed: u64,
+    as_of: chrono::NaiveDate,
+) -> anyhow::Result<()> {
+    let summary = carrow_synth::generate(&carrow_synth::GenerateOptions {
+        out: out.clone(),
+        people,
+        seed,
+        as_of,
+    })
+    .with_context(|| format!("generating synthetic organisations into {}", out.display()))?;
+    println!(
+        "generated {} people (seed {seed}, as of {as_of}) into {}",
+        summary.people,
+        out.display()
+    );
+    println!("  national data opt-outs     {:>8}", summary.opted_out);
+    println!(
+        "  acute   patients           {:>8}  admissions {:>8}  missing NHS number {:>6}",
+        summary.acute_patients, summary.acute_admissions, summary.acute_missing_nhs_number
+    );
+    println!(
+        "  gp      registrations      {:>8}  conditions {:>8}",
+        summary.gp_registrations, summary.gp_conditions
+    );
+    println!(
+        "  council clients            {:>8}  packages   {:>8}  missing NHS number {:>6}",
+        summary.council_clients, summary.council_care_packages, summary.council_missing_nhs_number
+    );
+    println!(
+        "node configs: {0}/acute/node.toml {0}/gp/node.toml {0}/council/node.toml; coordinator: {0}/coordinator/coordinator.toml",
+        out.display()
+    );
+    Ok(())
+}

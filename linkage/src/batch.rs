@@ -6,9 +6,9 @@ use arrow_array::cast::AsArray;
 use arrow_array::{Array, ArrayRef, FixedSizeBinaryArray};
 use arrow_schema::DataType;
 
+use crate::LinkageError;
 use crate::normalise;
 use crate::token::{Identity, RawIdentity, TOKEN_LEN, TokenKind, Tokeniser};
-use crate::LinkageError;
 
 /// The Arrow type of a token column.
 pub fn token_data_type() -> DataType {
@@ -88,7 +88,10 @@ impl IdentifierColumns {
             }
             *slot = Some(StrColumn::new(name, array.as_ref())?);
         }
-        Ok(Columns { len: len.unwrap_or(0), cols })
+        Ok(Columns {
+            len: len.unwrap_or(0),
+            cols,
+        })
     }
 }
 
@@ -120,11 +123,16 @@ impl Tokeniser {
         }
         let cols = columns.resolve()?;
         let mut buf = Vec::with_capacity(64);
-        self.build(cols.len, |i| self.token(kind, &Identity::normalise(&cols.raw(i)), &mut buf))
+        self.build(cols.len, |i| {
+            self.token(kind, &Identity::normalise(&cols.raw(i)), &mut buf)
+        })
     }
 
     /// The `pid` of every row: its strongest available token, or null.
-    pub fn pid_array(&self, columns: &IdentifierColumns) -> Result<FixedSizeBinaryArray, LinkageError> {
+    pub fn pid_array(
+        &self,
+        columns: &IdentifierColumns,
+    ) -> Result<FixedSizeBinaryArray, LinkageError> {
         let cols = columns.resolve()?;
         let mut buf = Vec::with_capacity(64);
         self.build(cols.len, |i| {
@@ -133,7 +141,13 @@ impl Tokeniser {
             if let Some(nhs) = raw.nhs_number.and_then(normalise::nhs_number) {
                 return Some(self.nhs_number_token(&nhs));
             }
-            self.pid(&Identity::normalise(&RawIdentity { nhs_number: None, ..raw }), &mut buf)
+            self.pid(
+                &Identity::normalise(&RawIdentity {
+                    nhs_number: None,
+                    ..raw
+                }),
+                &mut buf,
+            )
         })
     }
 
@@ -155,7 +169,9 @@ impl Tokeniser {
         let mut out = FixedSizeBinaryBuilder::with_capacity(len, TOKEN_LEN as i32);
         for i in 0..len {
             match token_of_row(i) {
-                Some(token) => out.append_value(token).expect("tokens have the builder's width"),
+                Some(token) => out
+                    .append_value(token)
+                    .expect("tokens have the builder's width"),
                 None => out.append_null(),
             }
         }
@@ -177,7 +193,12 @@ mod tests {
     #[test]
     fn nhs_number_array_nulls_invalid_and_missing() {
         let t = tokeniser();
-        let arr: ArrayRef = Arc::new(StringArray::from(vec![Some("9434765919"), Some("9434765918"), None, Some("")]));
+        let arr: ArrayRef = Arc::new(StringArray::from(vec![
+            Some("9434765919"),
+            Some("9434765918"),
+            None,
+            Some(""),
+        ]));
         let out = t.nhs_number_array(&arr).unwrap();
         assert_eq!(out.data_type(), &token_data_type());
         assert_eq!(out.len(), 4);
@@ -189,11 +210,31 @@ mod tests {
     fn pid_array_falls_back_to_names_and_matches_row_api() {
         let t = tokeniser();
         let cols = IdentifierColumns {
-            nhs_number: Some(Arc::new(StringArray::from(vec![Some("9434765919"), None, None]))),
-            family_name: Some(Arc::new(StringViewArray::from(vec![Some("Smith"), Some("Jones"), Some("Brown")]))),
-            given_name: Some(Arc::new(StringArray::from(vec![Some("Alice"), Some("Bob"), None]))),
-            date_of_birth: Some(Arc::new(StringArray::from(vec![Some("1950-02-03"), Some("01/01/1960"), Some("1970-01-01")]))),
-            sex: Some(Arc::new(StringArray::from(vec![Some("F"), Some("1"), Some("2")]))),
+            nhs_number: Some(Arc::new(StringArray::from(vec![
+                Some("9434765919"),
+                None,
+                None,
+            ]))),
+            family_name: Some(Arc::new(StringViewArray::from(vec![
+                Some("Smith"),
+                Some("Jones"),
+                Some("Brown"),
+            ]))),
+            given_name: Some(Arc::new(StringArray::from(vec![
+                Some("Alice"),
+                Some("Bob"),
+                None,
+            ]))),
+            date_of_birth: Some(Arc::new(StringArray::from(vec![
+                Some("1950-02-03"),
+                Some("01/01/1960"),
+                Some("1970-01-01"),
+            ]))),
+            sex: Some(Arc::new(StringArray::from(vec![
+                Some("F"),
+                Some("1"),
+                Some("2"),
+            ]))),
             postcode: None,
         };
         let out = t.pid_array(&cols).unwrap();
@@ -206,7 +247,10 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(out.value(0), t.nhs_number_token(b"9434765919"));
-        assert_eq!(out.value(1), t.token(TokenKind::NameDobSex, &bob, &mut buf).unwrap());
+        assert_eq!(
+            out.value(1),
+            t.token(TokenKind::NameDobSex, &bob, &mut buf).unwrap()
+        );
         assert!(out.is_null(2), "no given name: no token");
         let by_kind = t.token_array(TokenKind::NameDobSex, &cols).unwrap();
         assert!(by_kind.is_valid(0) && by_kind.is_valid(1) && by_kind.is_null(2));
@@ -215,7 +259,10 @@ mod tests {
     #[test]
     fn rejects_non_string_columns_and_mismatched_lengths() {
         let t = tokeniser();
-        let cols = IdentifierColumns { sex: Some(Arc::new(Int32Array::from(vec![1]))), ..Default::default() };
+        let cols = IdentifierColumns {
+            sex: Some(Arc::new(Int32Array::from(vec![1]))),
+            ..Default::default()
+        };
         let err = t.pid_array(&cols).unwrap_err().to_string();
         assert!(err.contains("sex") && err.contains("Int32"), "{err}");
         let cols = IdentifierColumns {

@@ -41,14 +41,20 @@ impl std::fmt::Debug for KeyedHasher {
 impl KeyedHasher {
     /// Prepares HMAC-SHA256 for `key` (any length, as RFC 2104 allows).
     pub fn new(key: &[u8]) -> Self {
-        let prepared = Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts keys of any length");
+        let prepared =
+            Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts keys of any length");
         Self { prepared }
     }
 
     /// Derives the key for `project` and `kind` from the linkage secret.
     pub fn derive(secret: &LinkageSecret, project: &str, kind: TokenKind) -> Self {
         let mut key = Zeroizing::new([0u8; 32]);
-        hkdf_sha256(secret.expose(), None, derivation_info(project, kind).as_bytes(), key.as_mut());
+        hkdf_sha256(
+            secret.expose(),
+            None,
+            derivation_info(project, kind).as_bytes(),
+            key.as_mut(),
+        );
         Self::new(key.as_ref())
     }
 
@@ -72,7 +78,12 @@ mod tests {
     fn rfc5869_hkdf_sha256_vectors() {
         // Test case 1.
         let mut okm = [0u8; 42];
-        hkdf_sha256(&[0x0b; 22], Some(&unhex("000102030405060708090a0b0c")), &unhex("f0f1f2f3f4f5f6f7f8f9"), &mut okm);
+        hkdf_sha256(
+            &[0x0b; 22],
+            Some(&unhex("000102030405060708090a0b0c")),
+            &unhex("f0f1f2f3f4f5f6f7f8f9"),
+            &mut okm,
+        );
         assert_eq!(
             hex::encode(okm),
             "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865"
@@ -88,10 +99,22 @@ mod tests {
     #[test]
     fn rfc4231_hmac_sha256_vectors() {
         let cases: [(Vec<u8>, &[u8], &str); 3] = [
-            (vec![0x0b; 20], b"Hi There", "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"),
-            (b"Jefe".to_vec(), b"what do ya want for nothing?", "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"),
+            (
+                vec![0x0b; 20],
+                b"Hi There",
+                "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7",
+            ),
+            (
+                b"Jefe".to_vec(),
+                b"what do ya want for nothing?",
+                "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843",
+            ),
             // Test case 6: a key longer than the block size.
-            (vec![0xaa; 131], b"Test Using Larger Than Block-Size Key - Hash Key First", "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"),
+            (
+                vec![0xaa; 131],
+                b"Test Using Larger Than Block-Size Key - Hash Key First",
+                "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54",
+            ),
         ];
         for (key, data, expected) in cases {
             assert_eq!(hex::encode(KeyedHasher::new(&key).mac(data)), expected);
@@ -107,6 +130,9 @@ mod tests {
         let c = KeyedHasher::derive(&secret, "alpha", TokenKind::NameDobSex).mac(msg);
         assert_ne!(a, b);
         assert_ne!(a, c);
-        assert_eq!(a, KeyedHasher::derive(&secret, "alpha", TokenKind::NhsNumber).mac(msg));
+        assert_eq!(
+            a,
+            KeyedHasher::derive(&secret, "alpha", TokenKind::NhsNumber).mac(msg)
+        );
     }
 }

@@ -23,7 +23,10 @@ pub use token::{Identity, RawIdentity, TOKEN_LEN, Token, TokenKind, Tokeniser};
 #[derive(Debug, thiserror::Error)]
 pub enum LinkageError {
     #[error("cannot read or write secret file {path}: {source}")]
-    SecretIo { path: PathBuf, source: std::io::Error },
+    SecretIo {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(
         "secret file {path} is readable by group or others (mode {mode:04o}); run `chmod 600 {path}` so only its owner can read it"
     )]
@@ -35,7 +38,16 @@ pub enum LinkageError {
     #[error("cannot draw random bytes from the operating system: {0}")]
     Random(String),
     #[error("identifier column {column} has type {data_type}; identifier columns must be strings")]
-    ColumnType { column: String, data_type: arrow_schema::DataType },
-    #[error("identifier column {column} has {found} rows where the other identifier columns have {expected}")]
-    LengthMismatch { column: String, expected: usize, found: usize },
+    ColumnType {
+        column: String,
+        data_type: arrow_schema::DataType,
+    },
+    #[error(
+        "identifier column {column} has {found} rows where the other identifier columns have {expected}"
+    )]
+    LengthMismatch {
+        column: String,
+        expected: usize,
+        found: usize,
+    },
 }

@@ -169,7 +169,11 @@ fn parse_date(s: &str) -> Option<NaiveDate> {
         return Some(d);
     }
     let parts: Vec<&str> = s.split(['-', '/', '.']).collect();
-    if parts.len() != 3 || parts.iter().any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
+    if parts.len() != 3
+        || parts
+            .iter()
+            .any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
+    {
         return None;
     }
     match (parts[0].len(), parts[2].len()) {
@@ -183,7 +187,10 @@ fn parse_date(s: &str) -> Option<NaiveDate> {
 /// keeps the ten-character date part only.
 fn strip_time_of_day(s: &str) -> &str {
     let b = s.as_bytes();
-    let date_part_numeric = b.len() > 10 && b[..10].iter().all(|c| c.is_ascii_digit() || b"-/.".contains(c));
+    let date_part_numeric = b.len() > 10
+        && b[..10]
+            .iter()
+            .all(|c| c.is_ascii_digit() || b"-/.".contains(c));
     if date_part_numeric && matches!(b[10], b'T' | b' ') {
         &s[..10]
     } else {
@@ -257,9 +264,13 @@ fn is_valid_postcode(p: &[u8]) -> bool {
         return false;
     }
     let (outward, inward) = p.split_at(p.len() - 3);
-    let inward_ok =
-        inward[0].is_ascii_digit() && inward[1].is_ascii_uppercase() && inward[2].is_ascii_uppercase();
-    let area_len = outward.iter().take_while(|b| b.is_ascii_uppercase()).count();
+    let inward_ok = inward[0].is_ascii_digit()
+        && inward[1].is_ascii_uppercase()
+        && inward[2].is_ascii_uppercase();
+    let area_len = outward
+        .iter()
+        .take_while(|b| b.is_ascii_uppercase())
+        .count();
     let district = &outward[area_len..];
     let outward_ok = (1..=2).contains(&area_len)
         && !district.is_empty()
@@ -304,9 +315,15 @@ mod tests {
         assert_eq!(name("O'Brien", NamePart::Family).as_deref(), Some("OBRIEN"));
         assert_eq!(name("  José  ", NamePart::Given).as_deref(), Some("JOSE"));
         assert_eq!(name("Łukasz", NamePart::Given).as_deref(), Some("LUKASZ"));
-        assert_eq!(name("Smith-Jones", NamePart::Family).as_deref(), Some("SMITHJONES"));
+        assert_eq!(
+            name("Smith-Jones", NamePart::Family).as_deref(),
+            Some("SMITHJONES")
+        );
         assert_eq!(name("Dr John", NamePart::Given).as_deref(), Some("JOHN"));
-        assert_eq!(name("Smith Jr.", NamePart::Family).as_deref(), Some("SMITH"));
+        assert_eq!(
+            name("Smith Jr.", NamePart::Family).as_deref(),
+            Some("SMITH")
+        );
         assert_eq!(name("Ærø", NamePart::Family).as_deref(), Some("AERO"));
         assert_eq!(name("UNKNOWN", NamePart::Family), None);
         assert_eq!(name("Not Known", NamePart::Given), None);

@@ -62,10 +62,13 @@ impl LinkageSecret {
     /// Reads a secret file, refusing one that group or others can read.
     pub fn load(path: &Path) -> Result<Self, LinkageError> {
         check_owner_only(path)?;
-        let text = Zeroizing::new(fs::read_to_string(path).map_err(|source| LinkageError::SecretIo {
-            path: path.to_path_buf(),
-            source,
-        })?);
+        let text =
+            Zeroizing::new(
+                fs::read_to_string(path).map_err(|source| LinkageError::SecretIo {
+                    path: path.to_path_buf(),
+                    source,
+                })?,
+            );
         Self::from_hex(&text, &path.display().to_string())
     }
 
@@ -144,13 +147,21 @@ mod tests {
         fs::write(&path, "00".repeat(32)).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
         let err = LinkageSecret::load(&path).unwrap_err().to_string();
-        assert!(err.contains("linkage.key") && err.contains("0640") && err.contains("chmod 600"), "{err}");
+        assert!(
+            err.contains("linkage.key") && err.contains("0640") && err.contains("chmod 600"),
+            "{err}"
+        );
     }
 
     #[test]
     fn refuses_wrong_length_and_bad_digits_without_echoing_them() {
-        let err = LinkageSecret::from_hex("abcd", "env CARROW_X").unwrap_err().to_string();
-        assert!(err.contains("env CARROW_X") && err.contains("found 4"), "{err}");
+        let err = LinkageSecret::from_hex("abcd", "env CARROW_X")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("env CARROW_X") && err.contains("found 4"),
+            "{err}"
+        );
         let bad = "zz".repeat(32);
         let err = LinkageSecret::from_hex(&bad, "f").unwrap_err().to_string();
         assert!(err.contains("hexadecimal") && !err.contains(&bad), "{err}");

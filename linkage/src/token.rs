@@ -85,8 +85,12 @@ impl Identity {
     pub fn normalise(raw: &RawIdentity<'_>) -> Self {
         Self {
             nhs_number: raw.nhs_number.and_then(normalise::nhs_number),
-            family_name: raw.family_name.and_then(|s| normalise::name(s, NamePart::Family)),
-            given_name: raw.given_name.and_then(|s| normalise::name(s, NamePart::Given)),
+            family_name: raw
+                .family_name
+                .and_then(|s| normalise::name(s, NamePart::Family)),
+            given_name: raw
+                .given_name
+                .and_then(|s| normalise::name(s, NamePart::Given)),
             date_of_birth: raw.date_of_birth.and_then(normalise::date_of_birth),
             sex: raw.sex.and_then(normalise::sex),
             postcode: raw.postcode.and_then(normalise::postcode),
@@ -103,7 +107,9 @@ impl Identity {
             ))
         };
         let fields = match kind {
-            TokenKind::NhsNumber => TokenFields::one(std::str::from_utf8(self.nhs_number.as_ref()?).ok()?),
+            TokenKind::NhsNumber => {
+                TokenFields::one(std::str::from_utf8(self.nhs_number.as_ref()?).ok()?)
+            }
             TokenKind::NameDobSex => {
                 let (f, g, d) = name_dob()?;
                 TokenFields::four(f, g, d, self.sex?.code())
@@ -137,19 +143,38 @@ pub struct TokenFields<'a> {
 
 impl<'a> TokenFields<'a> {
     fn one(a: &'a str) -> Self {
-        Self { parts: [a, "", "", ""], codes: [[0; 4]; 2], len: 1, phonetic: false }
+        Self {
+            parts: [a, "", "", ""],
+            codes: [[0; 4]; 2],
+            len: 1,
+            phonetic: false,
+        }
     }
 
     fn four(a: &'a str, b: &'a str, c: &'a str, d: &'a str) -> Self {
-        Self { parts: [a, b, c, d], codes: [[0; 4]; 2], len: 4, phonetic: false }
+        Self {
+            parts: [a, b, c, d],
+            codes: [[0; 4]; 2],
+            len: 4,
+            phonetic: false,
+        }
     }
 
     fn phonetic(family: [u8; 4], given: [u8; 4], dob: &'a str, sex: &'a str) -> Self {
-        Self { parts: ["", "", dob, sex], codes: [family, given], len: 4, phonetic: true }
+        Self {
+            parts: ["", "", dob, sex],
+            codes: [family, given],
+            len: 4,
+            phonetic: true,
+        }
     }
 
     fn field(&self, i: usize) -> &[u8] {
-        if self.phonetic && i < 2 { &self.codes[i] } else { self.parts[i].as_bytes() }
+        if self.phonetic && i < 2 {
+            &self.codes[i]
+        } else {
+            self.parts[i].as_bytes()
+        }
     }
 
     /// Writes the length-prefixed encoding into `buf` (cleared first).
@@ -174,7 +199,10 @@ impl Tokeniser {
     /// Derives every token kind's key for `project`.
     pub fn new(secret: &LinkageSecret, project: &str) -> Self {
         let hashers = TokenKind::ALL.map(|kind| KeyedHasher::derive(secret, project, kind));
-        Self { project: project.to_string(), hashers }
+        Self {
+            project: project.to_string(),
+            hashers,
+        }
     }
 
     /// The project whose pseudonym domain this tokeniser computes.
@@ -199,7 +227,9 @@ impl Tokeniser {
 
     /// The strongest available token for `identity`: its `pid`.
     pub fn pid(&self, identity: &Identity, buf: &mut Vec<u8>) -> Option<Token> {
-        TokenKind::ALL.into_iter().find_map(|kind| self.token(kind, identity, buf))
+        TokenKind::ALL
+            .into_iter()
+            .find_map(|kind| self.token(kind, identity, buf))
     }
 
     /// The NHS-number token of a validated number, without allocating.
@@ -254,10 +284,17 @@ mod tests {
             postcode: Some("ls16ab"),
         });
         for kind in TokenKind::ALL {
-            assert_eq!(t.token(kind, &alice(), &mut buf), t.token(kind, &other, &mut buf), "{kind:?}");
+            assert_eq!(
+                t.token(kind, &alice(), &mut buf),
+                t.token(kind, &other, &mut buf),
+                "{kind:?}"
+            );
             assert!(t.token(kind, &alice(), &mut buf).is_some(), "{kind:?}");
         }
-        assert_eq!(t.nhs_number_token(b"9434765919"), t.token(TokenKind::NhsNumber, &alice(), &mut buf).unwrap());
+        assert_eq!(
+            t.nhs_number_token(b"9434765919"),
+            t.token(TokenKind::NhsNumber, &alice(), &mut buf).unwrap()
+        );
     }
 
     #[test]
@@ -267,10 +304,16 @@ mod tests {
         let mut id = alice();
         id.nhs_number = None;
         assert_eq!(t.token(TokenKind::NhsNumber, &id, &mut buf), None);
-        assert_eq!(t.pid(&id, &mut buf), t.token(TokenKind::NameDobSex, &id, &mut buf));
+        assert_eq!(
+            t.pid(&id, &mut buf),
+            t.token(TokenKind::NameDobSex, &id, &mut buf)
+        );
         id.sex = None;
         assert_eq!(t.token(TokenKind::NameDobSex, &id, &mut buf), None);
-        assert_eq!(t.pid(&id, &mut buf), t.token(TokenKind::NameDobSector, &id, &mut buf));
+        assert_eq!(
+            t.pid(&id, &mut buf),
+            t.token(TokenKind::NameDobSector, &id, &mut buf)
+        );
         id.postcode = None;
         assert_eq!(t.pid(&id, &mut buf), None);
         assert_eq!(t.pid(&Identity::default(), &mut buf), None);
@@ -280,7 +323,10 @@ mod tests {
     fn pid_prefers_nhs_number() {
         let t = tokeniser("p");
         let mut buf = Vec::new();
-        assert_eq!(t.pid(&alice(), &mut buf), t.token(TokenKind::NhsNumber, &alice(), &mut buf));
+        assert_eq!(
+            t.pid(&alice(), &mut buf),
+            t.token(TokenKind::NhsNumber, &alice(), &mut buf)
+        );
     }
 
     #[test]

@@ -1,1 +1,5 @@
-mod x {}
+//! End-to-end tests: the real `carrow` binary, real files, real servers on
+//! 127.0.0.1. One test binary with a module per area, to save link time.
+
+mod cli;
+mod support;

@@ -1,0 +1,170 @@
+//! The coordinator's configuration: where it listens, where it keeps its
+//! state, and the nodes it federates. It has no place for the linkage secret.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::CoordinatorError;
+
+/// Schema name of the union tables over nodes; no node may take it.
+pub const COMBINED_SCHEMA: &str = "combined";
+
+/// The coordinator's whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    /// Address the client-facing Flight SQL server listens on.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Directory for the audit log and the requests database.
+    pub state_dir: PathBuf,
+    /// Project used when a query names none.
+    pub default_project: String,
+    /// Milliseconds to wait for a node connection.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Milliseconds a node may take to answer one fragment.
+    #[serde(default = "default_query_timeout_ms")]
+    pub query_timeout_ms: u64,
+    /// The nodes this coordinator federates.
+    pub nodes: Vec<NodeEndpoint>,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:50050".to_string()
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    2_000
+}
+
+fn default_query_timeout_ms() -> u64 {
+    60_000
+}
+
+/// How to reach one node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeEndpoint {
+    /// Schema name of the node's tables (`acute`).
+    pub name: String,
+    /// Flight SQL address (`http://127.0.0.1:50051`).
+    pub url: String,
+    /// Name the coordinator logs in to the node with.
+    #[serde(default = "default_user")]
+    pub user: String,
+    /// File holding the token the node expects (mode 0600).
+    pub token_file: PathBuf,
+}
+
+fn default_user() -> String {
+    "coordinator".to_string()
+}
+
+impl CoordinatorConfig {
+    /// Checks every field and reports all problems at once, each naming its path.
+    pub fn validate(&self) -> Result<(), CoordinatorError> {
+        let mut problems = Vec::new();
+        if self.listen.parse::<SocketAddr>().is_err() {
+            problems.push(format!(
+                "listen: {:?} is not an IP address and port such as 127.0.0.1:50050",
+                self.listen
+            ));
+        }
+        if self.default_project.is_empty() {
+            problems.push("default_project: must not be empty".to_string());
+        }
+        for (field, value) in [
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("query_timeout_ms", self.query_timeout_ms),
+        ] {
+            if value == 0 {
+                problems.push(format!("{field}: must be greater than 0"));
+            }
+        }
+        if self.nodes.is_empty() {
+            problems.push("nodes: configure at least one node".to_string());
+        }
+        let mut names = BTreeSet::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let plain = n
+                .name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_lowercase())
+                && n.name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !plain || n.name == COMBINED_SCHEMA || !names.insert(n.name.as_str()) {
+                problems.push(format!(
+                    "nodes[{i}].name: {:?} must match [a-z][a-z0-9_]*, be unique and not be `{COMBINED_SCHEMA}`",
+                    n.name
+                ));
+            }
+            if !(n.url.starts_with("http://") || n.url.starts_with("https://")) {
+                problems.push(format!(
+                    "nodes[{i}].url: {:?} must start with http:// or https://",
+                    n.url
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(CoordinatorError::InvalidConfig(problems))
+        }
+    }
+
+    /// Resolves relative paths against `base`, the config file's directory.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        if self.state_dir.is_relative() {
+            self.state_dir = base.join(&self.state_dir);
+        }
+        for n in &mut self.nodes {
+            if n.token_file.is_relative() {
+                n.token_file = base.join(&n.token_file);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+state_dir = "state"
+default_project = "demo"
+[[nodes]]
+name = "acute"
+url = "http://127.0.0.1:50051"
+token_file = "acute.token"
+"#;
+
+    #[test]
+    fn example_validates_with_defaults() {
+        let mut cfg: CoordinatorConfig = toml::from_str(EXAMPLE).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.connect_timeout_ms, 2_000);
+        assert_eq!(cfg.nodes[0].user, "coordinator");
+        cfg.resolve_paths(Path::new("/srv"));
+        assert_eq!(cfg.nodes[0].token_file, Path::new("/srv/acute.token"));
+    }
+
+    #[test]
+    fn every_problem_is_named() {
+        let mut cfg: CoordinatorConfig = toml::from_str(EXAMPLE).unwrap();
+        cfg.query_timeout_ms = 0;
+        cfg.nodes.push(cfg.nodes[0].clone());
+        cfg.nodes[1].url = "127.0.0.1:1".into();
+        let CoordinatorError::InvalidConfig(problems) = cfg.validate().unwrap_err();
+        let text = problems.join("\n");
+        for field in ["query_timeout_ms:", "nodes[1].name:", "nodes[1].url:"] {
+            assert!(text.contains(field), "missing {field} in\n{text}");
+        }
+        assert_eq!(problems.len(), 3, "{text}");
+    }
+}

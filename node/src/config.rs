@@ -1,0 +1,585 @@
+//! The node's configuration: where its local data lives, which tables it
+//! publishes in the common model, who may ask, and for which projects.
+//!
+//! Loaded from one TOML file (with `CARROW_NODE__*` environment overrides) by
+//! the `carrow` binary; [`NodeConfig::validate`] reports every bad field by
+//! its path.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::NodeError;
+
+/// A node's whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The node's name, used as its schema name at the coordinator (`acute`).
+    pub name: String,
+    /// Address the Flight SQL server listens on.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// File holding the linkage secret (64 hex characters, mode 0600).
+    pub linkage_secret_file: PathBuf,
+    /// The node's hash-chained audit log (one JSON record a line).
+    pub audit_log: PathBuf,
+    /// Projects this node takes part in; pseudonyms are computed per project.
+    pub projects: Vec<String>,
+    /// Project used for the node operator's own queries.
+    pub default_project: String,
+    /// Callers allowed to query this node.
+    #[serde(default)]
+    pub clients: Vec<ClientConfig>,
+    /// Optional file of NHS numbers (one a line, or a CSV with an
+    /// `nhs_number` header) whose records are never released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opt_out_list: Option<PathBuf>,
+    /// Local raw tables, by name; published tables read from these.
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceConfig>,
+    /// Tables the node publishes, in the common model.
+    #[serde(default)]
+    pub tables: Vec<TableConfig>,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:50051".to_string()
+}
+
+/// What a caller is allowed to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientRole {
+    /// A coordinator sending fragments for a project it names.
+    Coordinator,
+    /// The node's own operator, querying its own node under the default project.
+    Operator,
+}
+
+/// One allowed caller: Basic auth with `name` and a secret token whose
+/// SHA-256 is stored here (the token itself never is).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    pub name: String,
+    pub role: ClientRole,
+    /// Hex SHA-256 of the caller's token.
+    pub token_sha256: String,
+    /// Projects this caller may ask about; empty means all of the node's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub projects: Vec<String>,
+}
+
+/// A local raw table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "format", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// A CSV file with a header row. Columns are read as text unless
+    /// `infer_types` is set, so identifiers keep leading zeros.
+    Csv {
+        path: PathBuf,
+        #[serde(default = "default_delimiter")]
+        delimiter: char,
+        #[serde(default)]
+        infer_types: bool,
+    },
+    /// A Parquet file.
+    Parquet { path: PathBuf },
+    /// A table or query on a PostgreSQL server.
+    Postgres(PostgresSource),
+}
+
+fn default_delimiter() -> char {
+    ','
+}
+
+/// A PostgreSQL source. The password is read from a file or an environment
+/// variable, never written in the config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSource {
+    pub host: String,
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+    pub database: String,
+    pub user: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    /// The table to read, optionally schema-qualified.
+    pub table: String,
+}
+
+fn default_pg_port() -> u16 {
+    5432
+}
+
+/// A published table: a view over local sources in the common model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    /// Published name (`admissions`).
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// Whether rows describe persons. Non-personal tables (reference data)
+    /// have no identifiers and are not subject to person thresholds.
+    #[serde(default = "default_true")]
+    pub personal: bool,
+    /// The local source this table reads, when it reads one source as is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// A local SQL query over sources, when the table needs a join (for
+    /// example admissions joined to the patient index for identifiers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql: Option<String>,
+    /// Which local columns identify the person; never published.
+    #[serde(default)]
+    pub identifiers: IdentifierColumnsConfig,
+    /// Published columns in the common model.
+    pub columns: Vec<ColumnConfig>,
+    /// Consent rule: rows whose `column` holds one of `values` are removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opt_out: Option<OptOutRule>,
+    /// How fresh the data is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freshness: Option<Freshness>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Local column names of a table's person identifiers, by kind.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentifierColumnsConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nhs_number: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub given_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub date_of_birth: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sex: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postcode: Option<String>,
+}
+
+impl IdentifierColumnsConfig {
+    /// The configured local identifier columns with their kind names.
+    pub fn columns(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("nhs_number", &self.nhs_number),
+            ("family_name", &self.family_name),
+            ("given_name", &self.given_name),
+            ("date_of_birth", &self.date_of_birth),
+            ("sex", &self.sex),
+            ("postcode", &self.postcode),
+        ]
+        .into_iter()
+        .filter_map(|(kind, col)| col.as_deref().map(|c| (kind, c)))
+        .collect()
+    }
+}
+
+/// A published column: a local column (renamed, optionally cast) or a SQL
+/// expression over the source's columns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnConfig {
+    /// Published name.
+    pub name: String,
+    /// Local column it comes from; defaults to `name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// SQL expression over the source's columns, instead of `from`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expr: Option<String>,
+    /// Type in the common model; the local value is cast to it.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub data_type: Option<ColumnType>,
+}
+
+/// Types a published column may be cast to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnType {
+    String,
+    Int32,
+    Int64,
+    Float64,
+    Boolean,
+    Date,
+    Timestamp,
+}
+
+impl ColumnType {
+    /// The SQL type name this cast uses.
+    pub fn sql_name(self) -> &'static str {
+        match self {
+            ColumnType::String => "VARCHAR",
+            ColumnType::Int32 => "INT",
+            ColumnType::Int64 => "BIGINT",
+            ColumnType::Float64 => "DOUBLE",
+            ColumnType::Boolean => "BOOLEAN",
+            ColumnType::Date => "DATE",
+            ColumnType::Timestamp => "TIMESTAMP",
+        }
+    }
+}
+
+/// Rows whose `column` holds any of `values` are removed at the scan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptOutRule {
+    pub column: String,
+    pub values: Vec<String>,
+}
+
+/// How a table's freshness is measured: the newest value of a date column,
+/// the source file's modification time, or a configured date. Exactly one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Freshness {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub file_time: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_of: Option<String>,
+}
+
+/// Names usable as SQL identifiers without quoting: `[a-z_][a-z0-9_]*`.
+pub fn is_plain_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// Name of the pseudonym column every personal table publishes.
+pub const PID_COLUMN: &str = "pid";
+
+impl NodeConfig {
+    /// Checks every field and reports all problems at once, each naming its
+    /// field path (`tables[1].columns[0].from`).
+    pub fn validate(&self) -> Result<(), NodeError> {
+        let mut problems = Vec::new();
+        let mut bad = |field: String, msg: String| problems.push(format!("{field}: {msg}"));
+        if !is_plain_identifier(&self.name) {
+            bad(
+                "name".into(),
+                format!("{:?} must match [a-z_][a-z0-9_]*", self.name),
+            );
+        }
+        if self.listen.parse::<SocketAddr>().is_err() {
+            bad(
+                "listen".into(),
+                format!(
+                    "{:?} is not an IP address and port such as 127.0.0.1:50051",
+                    self.listen
+                ),
+            );
+        }
+        if self.projects.is_empty() {
+            bad(
+                "projects".into(),
+                "list at least one project this node takes part in".into(),
+            );
+        }
+        for (i, p) in self.projects.iter().enumerate() {
+            if !is_plain_identifier(p) {
+                bad(
+                    format!("projects[{i}]"),
+                    format!("{p:?} must match [a-z_][a-z0-9_]*"),
+                );
+            }
+        }
+        if !self.projects.contains(&self.default_project) {
+            bad(
+                "default_project".into(),
+                format!(
+                    "{:?} is not one of projects {:?}",
+                    self.default_project, self.projects
+                ),
+            );
+        }
+        let mut client_names = BTreeSet::new();
+        for (i, c) in self.clients.iter().enumerate() {
+            if c.name.is_empty() || !client_names.insert(c.name.as_str()) {
+                bad(
+                    format!("clients[{i}].name"),
+                    format!("{:?} is empty or used twice", c.name),
+                );
+            }
+            if c.token_sha256.len() != 64 || !c.token_sha256.bytes().all(|b| b.is_ascii_hexdigit())
+            {
+                bad(
+                    format!("clients[{i}].token_sha256"),
+                    "must be 64 hexadecimal characters (the SHA-256 of the token)".into(),
+                );
+            }
+            for (j, p) in c.projects.iter().enumerate() {
+                if !self.projects.contains(p) {
+                    bad(
+                        format!("clients[{i}].projects[{j}]"),
+                        format!("{p:?} is not one of the node's projects"),
+                    );
+                }
+            }
+        }
+        for (name, source) in &self.sources {
+            if !is_plain_identifier(name) {
+                bad(
+                    format!("sources.{name}"),
+                    "source names must match [a-z_][a-z0-9_]*".into(),
+                );
+            }
+            if let SourceConfig::Postgres(pg) = source
+                && pg.password_file.is_some() == pg.password_env.is_some()
+            {
+                bad(
+                    format!("sources.{name}"),
+                    "set exactly one of password_file and password_env".into(),
+                );
+            }
+        }
+        let mut table_names = BTreeSet::new();
+        for (i, t) in self.tables.iter().enumerate() {
+            if !table_names.insert(t.name.as_str()) {
+                bad(
+                    format!("tables[{i}].name"),
+                    format!("{:?} is published twice", t.name),
+                );
+            }
+            for problem in t.problems(&self.sources) {
+                bad(format!("tables[{i}]{}", problem.0), problem.1);
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(NodeError::InvalidConfig(problems))
+        }
+    }
+
+    /// Resolves relative paths against `base`, the config file's directory.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.linkage_secret_file);
+        fix(&mut self.audit_log);
+        if let Some(p) = &mut self.opt_out_list {
+            fix(p);
+        }
+        for source in self.sources.values_mut() {
+            match source {
+                SourceConfig::Csv { path, .. } | SourceConfig::Parquet { path } => fix(path),
+                SourceConfig::Postgres(pg) => {
+                    if let Some(p) = &mut pg.password_file {
+                        fix(p);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl TableConfig {
+    /// Problems with this table, as (field suffix, message).
+    fn problems(&self, sources: &BTreeMap<String, SourceConfig>) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if !is_plain_identifier(&self.name) {
+            out.push((
+                ".name".into(),
+                format!("{:?} must match [a-z_][a-z0-9_]*", self.name),
+            ));
+        }
+        match (&self.source, &self.sql) {
+            (Some(s), None) if !sources.contains_key(s) => out.push((
+                ".source".into(),
+                format!(
+                    "{s:?} is not one of the sources {:?}",
+                    sources.keys().collect::<Vec<_>>()
+                ),
+            )),
+            (Some(_), None) | (None, Some(_)) => {}
+            _ => out.push((
+                String::new(),
+                "set exactly one of `source` and `sql`".into(),
+            )),
+        }
+        let identifiers = self.identifiers.columns();
+        if self.personal && identifiers.is_empty() {
+            out.push((
+                ".identifiers".into(),
+                "a personal table needs at least one identifier column to compute pid".into(),
+            ));
+        }
+        if !self.personal && !identifiers.is_empty() {
+            out.push((
+                ".identifiers".into(),
+                "a non-personal table must not declare identifiers".into(),
+            ));
+        }
+        if self.columns.is_empty() {
+            out.push((".columns".into(), "publish at least one column".into()));
+        }
+        let mut names = BTreeSet::new();
+        for (j, c) in self.columns.iter().enumerate() {
+            if !is_plain_identifier(&c.name)
+                || c.name == PID_COLUMN
+                || !names.insert(c.name.as_str())
+            {
+                out.push((
+                    format!(".columns[{j}].name"),
+                    format!(
+                        "{:?} must match [a-z_][a-z0-9_]*, be unique and not be `pid`",
+                        c.name
+                    ),
+                ));
+            }
+            if c.from.is_some() && c.expr.is_some() {
+                out.push((
+                    format!(".columns[{j}]"),
+                    "set at most one of `from` and `expr`".into(),
+                ));
+            }
+            let local = c.from.as_deref().unwrap_or(&c.name);
+            if c.expr.is_none()
+                && identifiers
+                    .iter()
+                    .any(|(_, id)| id.eq_ignore_ascii_case(local))
+            {
+                out.push((
+                    format!(".columns[{j}].from"),
+                    format!("{local:?} is an identifier column and is never published"),
+                ));
+            }
+        }
+        if let Some(rule) = &self.opt_out
+            && rule.values.is_empty()
+        {
+            out.push((
+                ".opt_out.values".into(),
+                "list the values that mean the person opted out".into(),
+            ));
+        }
+        if let Some(f) = &self.freshness {
+            let set = usize::from(f.column.is_some())
+                + usize::from(f.file_time)
+                + usize::from(f.as_of.is_some());
+            if set != 1 {
+                out.push((
+                    ".freshness".into(),
+                    "set exactly one of column, file_time and as_of".into(),
+                ));
+            }
+            if let Some(d) = &f.as_of
+                && chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").is_err()
+            {
+                out.push((
+                    ".freshness.as_of".into(),
+                    format!("{d:?} is not a date YYYY-MM-DD"),
+                ));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+name = "acute"
+listen = "127.0.0.1:0"
+linkage_secret_file = "linkage.key"
+audit_log = "audit.jsonl"
+projects = ["demo"]
+default_project = "demo"
+
+[[clients]]
+name = "coordinator"
+role = "coordinator"
+token_sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+
+[sources.pas_patients]
+format = "parquet"
+path = "pas_patients.parquet"
+
+[[tables]]
+name = "patients"
+source = "pas_patients"
+identifiers = { nhs_number = "NHS_NO", family_name = "SURNAME" }
+columns = [{ name = "sex", from = "GENDER", type = "string" }]
+freshness = { as_of = "2026-10-31" }
+"#;
+
+    #[test]
+    fn example_parses_and_validates() {
+        let mut cfg: NodeConfig = toml::from_str(EXAMPLE).unwrap();
+        cfg.validate().unwrap();
+        cfg.resolve_paths(Path::new("/etc/carrow"));
+        assert_eq!(cfg.audit_log, Path::new("/etc/carrow/audit.jsonl"));
+        match &cfg.sources["pas_patients"] {
+            SourceConfig::Parquet { path } => {
+                assert_eq!(path, Path::new("/etc/carrow/pas_patients.parquet"))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let text = EXAMPLE.replace("listen =", "lisen =");
+        let err = toml::from_str::<NodeConfig>(&text).unwrap_err().to_string();
+        assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_named() {
+        let mut cfg: NodeConfig = toml::from_str(EXAMPLE).unwrap();
+        cfg.listen = "nowhere".into();
+        cfg.default_project = "other".into();
+        cfg.clients[0].token_sha256 = "abc".into();
+        cfg.tables[0].source = Some("missing".into());
+        cfg.tables[0].columns.push(ColumnConfig {
+            name: "nhs".into(),
+            from: Some("NHS_NO".into()),
+            expr: None,
+            data_type: None,
+        });
+        cfg.tables[0].columns.push(ColumnConfig {
+            name: "pid".into(),
+            from: None,
+            expr: None,
+            data_type: None,
+        });
+        let NodeError::InvalidConfig(problems) = cfg.validate().unwrap_err();
+        let text = problems.join("\n");
+        for field in [
+            "listen:",
+            "default_project:",
+            "clients[0].token_sha256:",
+            "tables[0].source:",
+            "tables[0].columns[1].from:",
+            "tables[0].columns[2].name:",
+        ] {
+            assert!(text.contains(field), "missing {field} in\n{text}");
+        }
+        assert_eq!(problems.len(), 6, "{text}");
+    }
+}

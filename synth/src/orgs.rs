@@ -1,0 +1,460 @@
+//! The three organisations' local data, each in its own local schema, as a
+//! real area would hold it: a hospital trust's patient administration system,
+//! GP practices' clinical system, and a council's adult social care system.
+
+use arrow_schema::DataType::{Date32 as D, Float64 as F, Int64 as I, Utf8 as S};
+use chrono::{Duration, NaiveDate};
+use rand::Rng;
+use rand::seq::IndexedRandom;
+use rand_chacha::ChaCha8Rng;
+
+use crate::population::{Population, Sex};
+use crate::table::{Cell, Table};
+
+/// Share of hospital patients whose NHS number is missing.
+pub const ACUTE_MISSING_NHS_SHARE: f64 = 0.02;
+/// Share of council clients whose NHS number is missing.
+pub const COUNCIL_MISSING_NHS_SHARE: f64 = 0.15;
+
+/// One organisation's generated data.
+pub struct Organisation {
+    /// Node name (`acute`, `gp`, `council`).
+    pub name: &'static str,
+    /// Local tables.
+    pub tables: Vec<Table>,
+    /// Ground truth: (table, local record id, person id) for each person record.
+    pub records: Vec<(&'static str, String, String)>,
+    /// NHS numbers of this organisation's people who opted out, as the
+    /// national opt-out service returns them to the organisation.
+    pub opt_out_list: Vec<String>,
+}
+
+/// ICD-10 primary diagnoses with their weight among emergency admissions of
+/// older people.
+const DIAGNOSES: &[(&str, u32)] = &[
+    ("J18.9", 12), // pneumonia
+    ("N39.0", 10), // urinary tract infection
+    ("S72.0", 6),  // fracture of neck of femur
+    ("I50.9", 8),  // heart failure
+    ("J44.1", 8),  // COPD with exacerbation
+    ("I21.9", 5),  // myocardial infarction
+    ("I63.9", 5),  // stroke
+    ("R55", 6),    // syncope and collapse
+    ("F03", 3),    // dementia
+    ("K80.2", 4),  // gallstones
+    ("M17.1", 6),  // knee osteoarthritis (elective)
+    ("H25.9", 8),  // cataract (elective)
+    ("C18.9", 3),  // colon cancer
+    ("O80", 6),    // delivery
+    ("R10.4", 10), // abdominal pain
+];
+
+/// Long-term conditions recorded in primary care: name, SNOMED CT code,
+/// prevalence at 40 and at 80.
+const CONDITIONS: &[(&str, &str, f64, f64)] = &[
+    ("hypertension", "38341003", 0.12, 0.55),
+    ("diabetes", "44054006", 0.05, 0.18),
+    ("asthma", "195967001", 0.08, 0.07),
+    ("copd", "13645005", 0.01, 0.10),
+    ("heart_failure", "84114007", 0.003, 0.08),
+    ("ckd", "709044004", 0.01, 0.20),
+    ("dementia", "52448006", 0.0, 0.12),
+];
+
+const SERVICES: &[(&str, f64, f64)] = &[
+    // service type, typical weekly cost, spread
+    ("Home Care", 320.0, 120.0),
+    ("Reablement", 250.0, 60.0),
+    ("Residential", 850.0, 150.0),
+    ("Nursing", 1100.0, 200.0),
+    ("Day Care", 140.0, 40.0),
+];
+
+fn weighted<'a>(rng: &mut ChaCha8Rng, items: &'a [(&'a str, u32)]) -> &'a str {
+    let total: u32 = items.iter().map(|i| i.1).sum();
+    let mut pick = rng.random_range(0..total);
+    for (v, w) in items {
+        if pick < *w {
+            return v;
+        }
+        pick -= w;
+    }
+    items[0].0
+}
+
+fn random_date(rng: &mut ChaCha8Rng, from: NaiveDate, to: NaiveDate) -> NaiveDate {
+    from + Duration::days(rng.random_range(0..=(to - from).num_days().max(0)))
+}
+
+/// The hospital trust: a patient index and admitted patient care spells.
+pub fn acute(rng: &mut ChaCha8Rng, pop: &Population, as_of: NaiveDate) -> Organisation {
+    let mut patients = Table::new(
+        "pas_patients",
+        &[
+            ("PATIENT_ID", S),
+            ("NHS_NO", S),
+            ("SURNAME", S),
+            ("FORENAME", S),
+            ("DOB", D),
+            ("GENDER", S),
+            ("POSTCODE", S),
+            ("LSOA", S),
+            ("IMD_DECILE", I),
+        ],
+    );
+    let mut spells = Table::new(
+        "apc_spells",
+        &[
+            ("SPELL_ID", S),
+            ("PATIENT_ID", S),
+            ("ADMISSION_DATE", D),
+            ("DISCHARGE_DATE", D),
+            ("ADMISSION_METHOD", S),
+            ("PRIMARY_DIAGNOSIS", S),
+        ],
+    );
+    let mut org = Organisation {
+        name: "acute",
+        tables: vec![],
+        records: vec![],
+        opt_out_list: vec![],
+    };
+    let window_start = as_of - Duration::days(730);
+    for person in &pop.people {
+        // Expected admissions over two years rise steeply with frailty.
+        let expected = 0.05 + 1.6 * person.frailty * person.frailty;
+        let admissions = poisson(rng, expected);
+        if admissions == 0 {
+            continue;
+        }
+        let patient_id = format!("RR8{:07}", patients.len() + 1);
+        let nhs =
+            (!rng.random_bool(ACUTE_MISSING_NHS_SHARE)).then(|| spaced_nhs(&person.nhs_number));
+        if nhs.is_some() && person.opted_out {
+            org.opt_out_list.push(person.nhs_number.clone());
+        }
+        let area = &pop.areas[person.area];
+        patients.push(vec![
+            patient_id.clone().into(),
+            nhs.into(),
+            person.family_name.to_uppercase().into(),
+            person.given_name.to_uppercase().into(),
+            person.date_of_birth.into(),
+            match person.sex {
+                Sex::Male => "1",
+                Sex::Female => "2",
+            }
+            .into(),
+            person.postcode.clone().into(),
+            area.code.clone().into(),
+            area.deprivation_decile.into(),
+        ]);
+        org.records
+            .push(("pas_patients", patient_id.clone(), person.id.clone()));
+        for _ in 0..admissions {
+            let spell_id = format!("S{:08}", spells.len() + 1);
+            let admitted = random_date(rng, window_start, as_of);
+            let emergency = rng.random_bool((0.35 + person.frailty * 0.55).min(0.95));
+            let stay = if emergency {
+                rng.random_range(0..(3 + (person.frailty * 20.0) as i64))
+            } else {
+                rng.random_range(0..3)
+            };
+            let discharged =
+                (admitted + Duration::days(stay) <= as_of).then(|| admitted + Duration::days(stay));
+            spells.push(vec![
+                spell_id.clone().into(),
+                patient_id.clone().into(),
+                admitted.into(),
+                discharged.into(),
+                if emergency { "21" } else { "11" }.into(),
+                weighted(rng, DIAGNOSES).into(),
+            ]);
+            org.records
+                .push(("apc_spells", spell_id, person.id.clone()));
+        }
+    }
+    org.tables = vec![patients, spells];
+    org
+}
+
+/// GP practices: registered patients (with the national data opt-out) and
+/// long-term conditions.
+pub fn gp(rng: &mut ChaCha8Rng, pop: &Population, as_of: NaiveDate) -> Organisation {
+    let mut patients = Table::new(
+        "patients",
+        &[
+            ("patient_guid", S),
+            ("nhs_number", S),
+            ("surname", S),
+            ("forenames", S),
+            ("date_of_birth", S),
+            ("sex", S),
+            ("postcode", S),
+            ("lsoa_code", S),
+            ("imd_decile", I),
+            ("practice_code", S),
+            ("registration_date", D),
+            ("ndo_status", S),
+        ],
+    );
+    let mut conditions = Table::new(
+        "long_term_conditions",
+        &[
+            ("patient_guid", S),
+            ("condition", S),
+            ("snomed_code", S),
+            ("diagnosed_on", D),
+        ],
+    );
+    let mut org = Organisation {
+        name: "gp",
+        tables: vec![],
+        records: vec![],
+        opt_out_list: vec![],
+    };
+    for person in &pop.people {
+        let guid = format!("G{:07}", patients.len() + 1);
+        let area = &pop.areas[person.area];
+        let registered = random_date(
+            rng,
+            person.date_of_birth.max(as_of - Duration::days(365 * 30)),
+            as_of,
+        );
+        patients.push(vec![
+            guid.clone().into(),
+            person.nhs_number.clone().into(),
+            person.family_name.clone().into(),
+            person.given_name.clone().into(),
+            person.date_of_birth.format("%d/%m/%Y").to_string().into(),
+            match person.sex {
+                Sex::Male => "M",
+                Sex::Female => "F",
+            }
+            .into(),
+            person.postcode.clone().into(),
+            area.code.clone().into(),
+            area.deprivation_decile.into(),
+            format!("B86{:03}", person.area % 40).into(),
+            registered.into(),
+            person.opted_out.then(|| "opted_out".to_string()).into(),
+        ]);
+        org.records
+            .push(("patients", guid.clone(), person.id.clone()));
+        let age = f64::from(person.age_on(as_of));
+        for (name, code, at40, at80) in CONDITIONS {
+            let p = if age < 40.0 {
+                at40 * age / 40.0
+            } else {
+                at40 + (at80 - at40) * ((age - 40.0) / 40.0).min(1.2)
+            };
+            if rng.random_bool((p * (0.6 + person.frailty)).clamp(0.0, 0.95)) {
+                let diagnosed = random_date(
+                    rng,
+                    person.date_of_birth
+                        + Duration::days(365 * 18).min(as_of - person.date_of_birth),
+                    as_of,
+                );
+                conditions.push(vec![
+                    guid.clone().into(),
+                    (*name).into(),
+                    (*code).into(),
+                    diagnosed.into(),
+                ]);
+                org.records.push((
+                    "long_term_conditions",
+                    format!("{guid}/{name}"),
+                    person.id.clone(),
+                ));
+            }
+        }
+    }
+    org.tables = vec![patients, conditions];
+    org
+}
+
+/// The council's adult social care: clients, care packages and the areas
+/// reference table. Identifiers are less clean here: NHS numbers are often
+/// missing, names carry typos and dates of birth come in several formats.
+pub fn council(rng: &mut ChaCha8Rng, pop: &Population, as_of: NaiveDate) -> Organisation {
+    let mut clients = Table::new(
+        "clients",
+        &[
+            ("ClientID", S),
+            ("NHSNumber", S),
+            ("LastName", S),
+            ("FirstName", S),
+            ("DateOfBirth", S),
+            ("Gender", S),
+            ("Postcode", S),
+            ("AreaCode", S),
+            ("DeprivationDecile", I),
+            ("DataSharingObjection", S),
+        ],
+    );
+    let mut packages = Table::new(
+        "care_packages",
+        &[
+            ("PackageID", S),
+            ("ClientID", S),
+            ("ServiceType", S),
+            ("StartDate", D),
+            ("EndDate", D),
+            ("WeeklyCost", F),
+        ],
+    );
+    let mut org = Organisation {
+        name: "council",
+        tables: vec![],
+        records: vec![],
+        opt_out_list: vec![],
+    };
+    for person in &pop.people {
+        let age = person.age_on(as_of);
+        if age < 18 {
+            continue;
+        }
+        let need = 0.004 + 0.45 * person.frailty.powi(3);
+        if !rng.random_bool(need.min(0.9)) {
+            continue;
+        }
+        let client_id = format!("C{:06}", clients.len() + 1);
+        let nhs = (!rng.random_bool(COUNCIL_MISSING_NHS_SHARE)).then(|| {
+            if rng.random_bool(0.5) {
+                person.nhs_number.clone()
+            } else {
+                spaced_nhs(&person.nhs_number)
+            }
+        });
+        if person.opted_out
+            && let Some(n) = &nhs
+        {
+            org.opt_out_list.push(n.replace(' ', ""));
+        }
+        let area = &pop.areas[person.area];
+        clients.push(vec![
+            client_id.clone().into(),
+            nhs.into(),
+            maybe_typo(rng, &person.family_name, 0.08).into(),
+            maybe_typo(rng, &person.given_name, 0.05).into(),
+            messy_date(rng, person.date_of_birth).into(),
+            match person.sex {
+                Sex::Male => "Male",
+                Sex::Female => "Female",
+            }
+            .into(),
+            person.postcode.clone().into(),
+            area.code.clone().into(),
+            area.deprivation_decile.into(),
+            if person.opted_out { "Y" } else { "N" }.into(),
+        ]);
+        org.records
+            .push(("clients", client_id.clone(), person.id.clone()));
+        for _ in 0..1 + poisson(rng, 0.6) {
+            let package_id = format!("PK{:07}", packages.len() + 1);
+            let (service, cost, spread) = SERVICES[if age >= 85 && rng.random_bool(0.4) {
+                2 + rng.random_range(0..2)
+            } else {
+                [0, 0, 0, 1, 4].choose(rng).copied().expect("non-empty")
+            }];
+            let start = random_date(rng, as_of - Duration::days(900), as_of);
+            let end = rng.random_bool(0.5).then(|| random_date(rng, start, as_of));
+            let weekly = ((cost + rng.random_range(-spread..spread)) * 100.0).round() / 100.0;
+            packages.push(vec![
+                package_id.clone().into(),
+                client_id.clone().into(),
+                service.into(),
+                start.into(),
+                end.into(),
+                weekly.into(),
+            ]);
+            org.records
+                .push(("care_packages", package_id, person.id.clone()));
+        }
+    }
+    let mut areas = Table::new(
+        "areas",
+        &[
+            ("area_code", S),
+            ("area_name", S),
+            ("deprivation_decile", I),
+            ("population", I),
+        ],
+    );
+    for a in &pop.areas {
+        areas.push(vec![
+            a.code.clone().into(),
+            a.name.clone().into(),
+            a.deprivation_decile.into(),
+            a.population.into(),
+        ]);
+    }
+    org.tables = vec![clients, packages, areas];
+    org
+}
+
+/// The hospital's display format: `943 476 5919`.
+fn spaced_nhs(nhs: &str) -> String {
+    format!("{} {} {}", &nhs[..3], &nhs[3..6], &nhs[6..])
+}
+
+/// A name as a clerk might type it: sometimes one letter wrong, dropped,
+/// doubled or swapped with its neighbour, sometimes in capitals.
+fn maybe_typo(rng: &mut ChaCha8Rng, name: &str, share: f64) -> String {
+    let mut chars: Vec<char> = name.chars().collect();
+    if chars.len() > 3 && rng.random_bool(share) {
+        let i = rng.random_range(1..chars.len() - 1);
+        match rng.random_range(0..4) {
+            0 => chars[i] = (b'a' + rng.random_range(0..26)) as char,
+            1 => {
+                chars.remove(i);
+            }
+            2 => chars.insert(i, chars[i]),
+            _ => chars.swap(i, i + 1),
+        }
+    }
+    let typed: String = chars.into_iter().collect();
+    if rng.random_bool(0.2) {
+        typed.to_uppercase()
+    } else {
+        typed
+    }
+}
+
+/// A date of birth in one of the formats the council's systems have used,
+/// with occasional day and month swapped.
+fn messy_date(rng: &mut ChaCha8Rng, dob: NaiveDate) -> String {
+    let dob = if rng.random_bool(0.02) {
+        NaiveDate::from_ymd_opt(
+            chrono::Datelike::year(&dob),
+            chrono::Datelike::day(&dob),
+            chrono::Datelike::month(&dob),
+        )
+        .unwrap_or(dob)
+    } else {
+        dob
+    };
+    let format = ["%d/%m/%Y", "%Y-%m-%d", "%d %b %Y", "%d.%m.%Y"]
+        .choose(rng)
+        .expect("non-empty");
+    dob.format(format).to_string()
+}
+
+/// A Poisson draw by inversion (small means only).
+fn poisson(rng: &mut ChaCha8Rng, mean: f64) -> u32 {
+    let limit = (-mean).exp();
+    let mut product: f64 = rng.random_range(0.0..1.0);
+    let mut k = 0;
+    while product > limit && k < 50 {
+        product *= rng.random_range(0.0..1.0);
+        k += 1;
+    }
+    k
+}
+
+/// Helper so literal cells read well in row vectors.
+impl From<Option<&str>> for Cell {
+    fn from(v: Option<&str>) -> Self {
+        Cell::Str(v.map(str::to_string))
+    }
+}

@@ -1,0 +1,192 @@
+//! The command line: bad input gets a clear error naming what was wrong.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+use crate::support::{carrow, generate, run, stderr};
+
+#[test]
+fn unknown_subcommand_is_refused_with_usage() {
+    let out = run(&["frobnicate"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("unrecognized subcommand 'frobnicate'") && err.contains("Usage"),
+        "{err}"
+    );
+}
+
+#[test]
+fn commands_of_later_versions_say_so_and_fail() {
+    for cmd in ["demo", "sql", "request", "audit", "bench", "link"] {
+        let out = run(&[cmd]);
+        assert_eq!(out.status.code(), Some(1), "{cmd}");
+        assert!(
+            stderr(&out).contains("not yet available"),
+            "{cmd}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn keys_generate_writes_owner_only_secret_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("linkage.key");
+    let out = run(&["keys", "generate", "--out", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = fs::read_to_string(&path).unwrap();
+    assert_eq!(text.trim().len(), 64);
+    assert!(text.trim().bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(
+        fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // The secret itself is never printed.
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(text.trim()));
+    let again = run(&["keys", "generate", "--out", path.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(
+        fs::read_to_string(&path).unwrap(),
+        text,
+        "the first secret is intact"
+    );
+}
+
+#[test]
+fn generate_into_unwritable_directory_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plain-file");
+    fs::write(&file, "x").unwrap();
+    let target = file.join("out");
+    let out = run(&[
+        "generate",
+        "--out",
+        target.to_str().unwrap(),
+        "--people",
+        "10",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains(target.to_str().unwrap()) && err.contains("not usable"),
+        "{err}"
+    );
+}
+
+#[test]
+fn node_config_errors_name_the_field_and_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    generate(dir.path(), 200, 5);
+    let config = dir.path().join("gp/node.toml");
+    let config_arg = config.to_str().unwrap();
+    let ok = run(&["node", "--config", config_arg, "--check"]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+
+    // An unknown key.
+    let original = fs::read_to_string(&config).unwrap();
+    fs::write(
+        &config,
+        original.replacen("default_project =", "default_projekt =", 1),
+    )
+    .unwrap();
+    let err = stderr(&run(&["node", "--config", config_arg, "--check"]));
+    assert!(
+        err.contains("default_projekt") && err.contains(config_arg),
+        "{err}"
+    );
+
+    // Several invalid values are all reported, each by name.
+    fs::write(
+        &config,
+        original
+            .replacen("listen = \"127.0.0.1:50052\"", "listen = \"somewhere\"", 1)
+            .replacen("name = \"gp\"", "name = \"G P\"", 1),
+    )
+    .unwrap();
+    let err = stderr(&run(&["node", "--config", config_arg, "--check"]));
+    assert!(
+        err.contains("listen: \"somewhere\"") && err.contains("name: \"G P\""),
+        "{err}"
+    );
+
+    // Environment overrides apply after the file, and are validated too.
+    fs::write(&config, &original).unwrap();
+    let out = carrow()
+        .args(["node", "--config", config_arg, "--check"])
+        .env("CARROW_NODE__LISTEN", "nowhere:x")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("listen: \"nowhere:x\""),
+        "{}",
+        stderr(&out)
+    );
+
+    // Not TOML at all.
+    fs::write(&config, "this is [not toml").unwrap();
+    let err = stderr(&run(&["node", "--config", config_arg, "--check"]));
+    assert!(
+        err.contains(config_arg) && err.contains("malformed"),
+        "{err}"
+    );
+
+    let missing = dir.path().join("nope.toml");
+    let err = stderr(&run(&[
+        "coordinator",
+        "--config",
+        missing.to_str().unwrap(),
+        "--check",
+    ]));
+    assert!(
+        err.contains("nope.toml") && err.contains("does not exist"),
+        "{err}"
+    );
+}
+
+#[test]
+fn linkage_secret_with_wrong_permissions_or_length_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    generate(dir.path(), 200, 6);
+    let config = dir.path().join("acute/node.toml");
+    let secret = dir.path().join("secrets/linkage.key");
+    let original = fs::read_to_string(&secret).unwrap();
+
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run(&["node", "--config", config.to_str().unwrap(), "--check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("linkage.key") && err.contains("0644") && err.contains("chmod 600"),
+        "{err}"
+    );
+    assert!(
+        !err.contains(original.trim()),
+        "the secret must never be printed"
+    );
+
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+    fs::write(&secret, &original[..40]).unwrap();
+    let err = stderr(&run(&[
+        "node",
+        "--config",
+        config.to_str().unwrap(),
+        "--check",
+    ]));
+    assert!(
+        err.contains("linkage.key")
+            && err.contains("expected 64 hexadecimal characters")
+            && err.contains("found 40"),
+        "{err}"
+    );
+    assert!(
+        !err.contains(&original[..40]),
+        "the secret must never be printed"
+    );
+}
