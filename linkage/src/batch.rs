@@ -1,10 +1,11 @@
 //! Vectorised tokenisation over Arrow string arrays, producing
 //! `FixedSizeBinary(16)` arrays with nulls where no token can be made.
 
-use arrow_array::builder::FixedSizeBinaryBuilder;
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, ArrayRef, FixedSizeBinaryArray};
+use arrow_buffer::{Buffer, NullBufferBuilder};
 use arrow_schema::DataType;
+use chrono::Utc;
 
 use crate::LinkageError;
 use crate::normalise;
@@ -122,9 +123,12 @@ impl Tokeniser {
             return self.nhs_number_array(nhs);
         }
         let cols = columns.resolve()?;
+        let today = Utc::now().date_naive();
+        let mut identity = Identity::default();
         let mut buf = Vec::with_capacity(64);
         self.build(cols.len, |i| {
-            self.token(kind, &Identity::normalise(&cols.raw(i)), &mut buf)
+            identity.renormalise(&cols.raw(i), today);
+            self.token(kind, &identity, &mut buf)
         })
     }
 
@@ -134,6 +138,8 @@ impl Tokeniser {
         columns: &IdentifierColumns,
     ) -> Result<FixedSizeBinaryArray, LinkageError> {
         let cols = columns.resolve()?;
+        let today = Utc::now().date_naive();
+        let mut identity = Identity::default();
         let mut buf = Vec::with_capacity(64);
         self.build(cols.len, |i| {
             let raw = cols.raw(i);
@@ -141,13 +147,14 @@ impl Tokeniser {
             if let Some(nhs) = raw.nhs_number.and_then(normalise::nhs_number) {
                 return Some(self.nhs_number_token(&nhs));
             }
-            self.pid(
-                &Identity::normalise(&RawIdentity {
+            identity.renormalise(
+                &RawIdentity {
                     nhs_number: None,
                     ..raw
-                }),
-                &mut buf,
-            )
+                },
+                today,
+            );
+            self.pid(&identity, &mut buf)
         })
     }
 
@@ -166,16 +173,25 @@ impl Tokeniser {
         len: usize,
         mut token_of_row: impl FnMut(usize) -> Option<[u8; TOKEN_LEN]>,
     ) -> Result<FixedSizeBinaryArray, LinkageError> {
-        let mut out = FixedSizeBinaryBuilder::with_capacity(len, TOKEN_LEN as i32);
+        let mut values = Vec::with_capacity(len * TOKEN_LEN);
+        let mut nulls = NullBufferBuilder::new(len);
         for i in 0..len {
             match token_of_row(i) {
-                Some(token) => out
-                    .append_value(token)
-                    .expect("tokens have the builder's width"),
-                None => out.append_null(),
+                Some(token) => {
+                    values.extend_from_slice(&token);
+                    nulls.append_non_null();
+                }
+                None => {
+                    values.extend_from_slice(&[0; TOKEN_LEN]);
+                    nulls.append_null();
+                }
             }
         }
-        Ok(out.finish())
+        Ok(FixedSizeBinaryArray::new(
+            TOKEN_LEN as i32,
+            Buffer::from_vec(values),
+            nulls.finish(),
+        ))
     }
 }
 

@@ -6,7 +6,6 @@
 //! same output.
 
 use chrono::{Datelike, NaiveDate, Utc};
-use unicode_normalization::UnicodeNormalization;
 
 /// Version of the normalisation rules. Nodes that disagree on it cannot link,
 /// so it is part of every derived key's context.
@@ -58,28 +57,55 @@ pub fn nhs_check_digit(digits: &[u8]) -> Option<u8> {
     }
 }
 
-const TITLES: &[&str] = &[
-    "MR", "MRS", "MS", "MISS", "MX", "DR", "PROF", "SIR", "DAME", "REV", "LADY", "LORD",
-];
-const SUFFIXES: &[&str] = &["JR", "SR", "II", "III", "IV", "PHD", "MD", "ESQ"];
-const PLACEHOLDERS: &[&str] = &[
-    "UNKNOWN",
-    "NOTKNOWN",
-    "UNK",
-    "NK",
-    "NA",
-    "NONE",
-    "NULL",
-    "TEST",
-    "TESTPATIENT",
-    "PATIENT",
-    "ANONYMOUS",
-    "ZZZTRASH",
-    "XXX",
-    "XXXX",
-    "BABY",
-    "INFANT",
-];
+/// Titles and suffixes dropped from names (a `match` compiles to a length
+/// switch, cheaper per row than scanning a list).
+fn is_title_or_suffix(word: &str) -> bool {
+    matches!(
+        word,
+        "MR" | "MRS"
+            | "MS"
+            | "MISS"
+            | "MX"
+            | "DR"
+            | "PROF"
+            | "SIR"
+            | "DAME"
+            | "REV"
+            | "LADY"
+            | "LORD"
+            | "JR"
+            | "SR"
+            | "II"
+            | "III"
+            | "IV"
+            | "PHD"
+            | "MD"
+            | "ESQ"
+    )
+}
+
+/// Values that stand for a missing name.
+fn is_placeholder(name: &str) -> bool {
+    matches!(
+        name,
+        "UNKNOWN"
+            | "NOTKNOWN"
+            | "UNK"
+            | "NK"
+            | "NA"
+            | "NONE"
+            | "NULL"
+            | "TEST"
+            | "TESTPATIENT"
+            | "PATIENT"
+            | "ANONYMOUS"
+            | "ZZZTRASH"
+            | "XXX"
+            | "XXXX"
+            | "BABY"
+            | "INFANT"
+    )
+}
 
 /// Which part of a name is normalised; family names need two letters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,45 +118,74 @@ pub enum NamePart {
 /// A-Z only, titles and suffixes dropped. Placeholders such as `UNKNOWN` and
 /// one-letter family names are rejected.
 pub fn name(raw: &str, part: NamePart) -> Option<String> {
-    let mut joined = String::with_capacity(raw.len());
-    for word in raw.split(|c: char| c.is_whitespace() || c == ',' || c == '.') {
-        let word = fold_to_ascii_letters(word);
-        if word.is_empty() || TITLES.contains(&word.as_str()) || SUFFIXES.contains(&word.as_str()) {
-            continue;
+    let mut out = String::with_capacity(raw.len());
+    name_into(raw, part, &mut out).then_some(out)
+}
+
+/// [`name`] writing into `out` (cleared first), so a batch can reuse one
+/// buffer. Returns whether the name is valid.
+pub fn name_into(raw: &str, part: NamePart, out: &mut String) -> bool {
+    out.clear();
+    let end_word = |out: &mut String, start: usize| {
+        if is_title_or_suffix(&out[start..]) {
+            out.truncate(start);
         }
-        joined.push_str(&word);
+    };
+    if raw.is_ascii() {
+        // Most names: no decoding, no decomposition.
+        let is_separator = |b: &u8| b.is_ascii_whitespace() || *b == b',' || *b == b'.';
+        for word in raw.as_bytes().split(is_separator) {
+            let start = out.len();
+            out.extend(
+                word.iter()
+                    .filter(|b| b.is_ascii_alphabetic())
+                    .map(|b| b.to_ascii_uppercase() as char),
+            );
+            end_word(out, start);
+        }
+    } else {
+        for word in raw.split(|c: char| c.is_whitespace() || c == ',' || c == '.') {
+            let start = out.len();
+            fold_to_ascii_letters(word, out);
+            end_word(out, start);
+        }
     }
     let min_len = match part {
         NamePart::Family => 2,
         NamePart::Given => 1,
     };
-    let rejected = joined.len() < min_len
-        || PLACEHOLDERS.contains(&joined.as_str())
-        || TITLES.contains(&joined.as_str())
-        || SUFFIXES.contains(&joined.as_str());
-    (!rejected).then_some(joined)
+    let joined = out.as_str();
+    !(joined.len() < min_len || is_placeholder(joined) || is_title_or_suffix(joined))
 }
 
-/// Upper-case A-Z letters of `word`, with accents stripped and letters that do
-/// not decompose (Æ, Ø, ß, Ł ...) spelled out.
-fn fold_to_ascii_letters(word: &str) -> String {
-    let mut out = String::with_capacity(word.len());
-    for c in word.nfkd() {
-        match c {
-            'a'..='z' => out.push(c.to_ascii_uppercase()),
-            'A'..='Z' => out.push(c),
-            'æ' | 'Æ' => out.push_str("AE"),
-            'œ' | 'Œ' => out.push_str("OE"),
-            'ø' | 'Ø' => out.push('O'),
-            'ß' => out.push_str("SS"),
-            'ł' | 'Ł' => out.push('L'),
-            'đ' | 'Đ' => out.push('D'),
-            'þ' | 'Þ' => out.push_str("TH"),
-            'ı' => out.push('I'),
-            _ => {}
+/// Appends the upper-case A-Z letters of `word` to `out`, with accents
+/// stripped and letters that do not decompose (Æ, Ø, ß, Ł ...) spelled out.
+fn fold_to_ascii_letters(word: &str, out: &mut String) {
+    for c in word.chars() {
+        if c.is_ascii() {
+            push_ascii_letter(c, out);
+        } else {
+            match c {
+                'æ' | 'Æ' => out.push_str("AE"),
+                'œ' | 'Œ' => out.push_str("OE"),
+                'ø' | 'Ø' => out.push('O'),
+                'ß' => out.push_str("SS"),
+                'ł' | 'Ł' => out.push('L'),
+                'đ' | 'Đ' => out.push('D'),
+                'þ' | 'Þ' => out.push_str("TH"),
+                'ı' => out.push('I'),
+                _ => unicode_normalization::char::decompose_compatible(c, |d| {
+                    push_ascii_letter(d, out)
+                }),
+            }
         }
     }
-    out
+}
+
+fn push_ascii_letter(c: char, out: &mut String) {
+    if c.is_ascii_alphabetic() {
+        out.push(c.to_ascii_uppercase());
+    }
 }
 
 /// A normalised date of birth as `YYYYMMDD` ASCII digits.
@@ -152,16 +207,49 @@ pub fn date_of_birth_as_of(raw: &str, today: NaiveDate) -> Option<BirthDate> {
     Some(birth_date_digits(date))
 }
 
-/// The `YYYYMMDD` digits of a date.
+/// The `YYYYMMDD` digits of a date (years 1000 to 9999).
 pub fn birth_date_digits(date: NaiveDate) -> BirthDate {
     let mut out = [0u8; 8];
-    let text = format!("{:04}{:02}{:02}", date.year(), date.month(), date.day());
-    out.copy_from_slice(text.as_bytes());
+    let mut put = |at: usize, width: usize, mut v: u32| {
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, date.year() as u32);
+    put(4, 2, date.month());
+    put(6, 2, date.day());
     out
+}
+
+/// Parses `digits` as a decimal number when it is 1 to 4 ASCII digits.
+fn small_number(digits: &[u8]) -> Option<u32> {
+    if digits.is_empty() || digits.len() > 4 {
+        return None;
+    }
+    digits.iter().try_fold(0u32, |n, &b| {
+        b.is_ascii_digit().then(|| n * 10 + u32::from(b - b'0'))
+    })
+}
+
+/// The common shapes `YYYY-MM-DD` and `DD/MM/YYYY`, without allocating.
+fn parse_common_date(b: &[u8]) -> Option<NaiveDate> {
+    if b.len() != 10 {
+        return None;
+    }
+    let (y, m, d) = match (b[4], b[7], b[2], b[5]) {
+        (b'-', b'-', _, _) => (&b[0..4], &b[5..7], &b[8..10]),
+        (_, _, b'/', b'/') => (&b[6..10], &b[3..5], &b[0..2]),
+        _ => return None,
+    };
+    NaiveDate::from_ymd_opt(small_number(y)? as i32, small_number(m)?, small_number(d)?)
 }
 
 fn parse_date(s: &str) -> Option<NaiveDate> {
     let s = strip_time_of_day(s);
+    if let Some(date) = parse_common_date(s.as_bytes()) {
+        return Some(date);
+    }
     if s.len() == 8 && s.bytes().all(|b| b.is_ascii_digit()) {
         return ymd(&s[0..4], &s[4..6], &s[6..8]);
     }
@@ -235,10 +323,14 @@ impl Sex {
 /// Maps M/F, MALE/FEMALE and the NHS codes 1/2 to a sex; anything else (9,
 /// X, unknown, not specified) is missing.
 pub fn sex(raw: &str) -> Option<Sex> {
-    match raw.trim().to_ascii_uppercase().as_str() {
-        "M" | "MALE" | "1" => Some(Sex::Male),
-        "F" | "FEMALE" | "2" => Some(Sex::Female),
-        _ => None,
+    let code = raw.trim();
+    let is = |word: &str| code.eq_ignore_ascii_case(word);
+    if is("M") || is("MALE") || code == "1" {
+        Some(Sex::Male)
+    } else if is("F") || is("FEMALE") || code == "2" {
+        Some(Sex::Female)
+    } else {
+        None
     }
 }
 

@@ -4,6 +4,8 @@
 //! to 128 bits. Each field is preceded by its length as a big-endian `u32`, so
 //! `("AB", "C")` and `("A", "BC")` hash differently.
 
+use chrono::{NaiveDate, Utc};
+
 use crate::keys::KeyedHasher;
 use crate::normalise::{self, BirthDate, NamePart, NhsNumber, Sex};
 use crate::phonetic::soundex;
@@ -83,18 +85,22 @@ pub struct RawIdentity<'a> {
 impl Identity {
     /// Normalises every component of a raw identity.
     pub fn normalise(raw: &RawIdentity<'_>) -> Self {
-        Self {
-            nhs_number: raw.nhs_number.and_then(normalise::nhs_number),
-            family_name: raw
-                .family_name
-                .and_then(|s| normalise::name(s, NamePart::Family)),
-            given_name: raw
-                .given_name
-                .and_then(|s| normalise::name(s, NamePart::Given)),
-            date_of_birth: raw.date_of_birth.and_then(normalise::date_of_birth),
-            sex: raw.sex.and_then(normalise::sex),
-            postcode: raw.postcode.and_then(normalise::postcode),
-        }
+        let mut identity = Self::default();
+        identity.renormalise(raw, Utc::now().date_naive());
+        identity
+    }
+
+    /// Replaces this identity with the normalised `raw`, reusing the name
+    /// buffers; `today` bounds dates of birth.
+    pub fn renormalise(&mut self, raw: &RawIdentity<'_>, today: NaiveDate) {
+        self.nhs_number = raw.nhs_number.and_then(normalise::nhs_number);
+        set_name(&mut self.family_name, raw.family_name, NamePart::Family);
+        set_name(&mut self.given_name, raw.given_name, NamePart::Given);
+        self.date_of_birth = raw
+            .date_of_birth
+            .and_then(|d| normalise::date_of_birth_as_of(d, today));
+        self.sex = raw.sex.and_then(normalise::sex);
+        self.postcode = raw.postcode.and_then(normalise::postcode);
     }
 
     /// The fields hashed for `kind`, or `None` when a component is missing.
@@ -129,6 +135,15 @@ impl Identity {
             }
         };
         Some(fields)
+    }
+}
+
+fn set_name(slot: &mut Option<String>, raw: Option<&str>, part: NamePart) {
+    let mut buf = slot.take().unwrap_or_default();
+    if let Some(raw) = raw
+        && normalise::name_into(raw, part, &mut buf)
+    {
+        *slot = Some(buf);
     }
 }
 
