@@ -1,1 +1,11 @@
-//! stub
+//! DataFusion and Arrow Flight SQL glue shared by Carrow nodes and the
+//! coordinator: the Flight SQL service, statement checks, client-facing
+//! types, and the mapping of errors to gRPC status codes.
+
+pub mod boundary;
+pub mod error;
+pub mod flight;
+pub mod statement;
+
+pub use error::QueryError;
+pub use flight::{Backend, Caller, FlightSqlEndpoint, QueryScope, Released, RequestMeta};

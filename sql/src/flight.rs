@@ -1,0 +1,899 @@
+//! The Arrow Flight SQL service shared by nodes and the coordinator.
+//!
+//! It handles what every Carrow endpoint needs: Basic-then-Bearer
+//! authentication, plain and prepared statements (with bound parameters),
+//! catalog calls, statement checks, `Utf8` at the boundary, server-side
+//! statement handles that a client cannot forge, and batch-by-batch
+//! streaming with back-pressure. What a query may see, and what is recorded
+//! about it, is decided by a [`Backend`].
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_server::FlightServiceServer;
+use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
+use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
+use arrow_flight::sql::{
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
+    ActionCreatePreparedStatementResult, Any, CommandGetCatalogs, CommandGetDbSchemas,
+    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandPreparedStatementQuery,
+    CommandStatementQuery, DoPutPreparedStatementResult, ProstMessageExt, SqlInfo,
+    TicketStatementQuery,
+};
+use arrow_flight::{
+    FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse,
+    IpcMessage, SchemaAsIpc, Ticket,
+};
+use base64::Engine;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::arrow::ipc::writer::IpcWriteOptions;
+use datafusion::common::ScalarValue;
+use datafusion::execution::context::SQLOptions;
+use datafusion::prelude::{DataFrame, SessionContext};
+use futures::{Stream, StreamExt, TryStreamExt};
+use prost::Message;
+use tokio::sync::mpsc;
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::boundary::to_client_types;
+use crate::error::QueryError;
+use crate::statement::check_read_only;
+
+/// Request header naming the project a fragment is for.
+pub const PROJECT_HEADER: &str = "x-carrow-project";
+/// Request header asking for a receipt (rows, bytes, audit head) after the last batch.
+pub const RECEIPT_HEADER: &str = "x-carrow-receipt";
+/// Request header carrying the coordinator's query id, recorded in node logs.
+pub const QUERY_ID_HEADER: &str = "x-carrow-query-id";
+
+/// How long a statement handle or session stays valid.
+const HANDLE_TTL: Duration = Duration::from_secs(15 * 60);
+const SESSION_TTL: Duration = Duration::from_secs(8 * 60 * 60);
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub user: String,
+    pub role: String,
+}
+
+/// What the request's headers say about the query.
+#[derive(Debug, Clone, Default)]
+pub struct RequestMeta {
+    /// The project the caller asks for, if it names one.
+    pub project: Option<String>,
+    /// Whether to append a receipt message after the last batch.
+    pub wants_receipt: bool,
+    /// The upstream query id, if the caller is a coordinator.
+    pub upstream_query_id: Option<String>,
+}
+
+impl RequestMeta {
+    fn from_metadata(md: &MetadataMap) -> Self {
+        let text = |name: &str| {
+            md.get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        Self {
+            project: text(PROJECT_HEADER),
+            wants_receipt: text(RECEIPT_HEADER).is_some_and(|v| v == "1" || v == "true"),
+            upstream_query_id: text(QUERY_ID_HEADER),
+        }
+    }
+}
+
+/// What a finished statement released.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Released {
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+/// One statement's scope: the session it is planned in and where its
+/// outcome is recorded.
+pub trait QueryScope: Send + Sync {
+    /// The session the statement is planned and run in.
+    fn session(&self) -> &SessionContext;
+    /// This statement's query id.
+    fn query_id(&self) -> &str;
+    /// Turns a DataFusion failure into what the caller sees. Backends may name
+    /// a policy rule, or redact execution details that could carry values.
+    fn explain_failure(&self, err: datafusion::error::DataFusionError) -> QueryError {
+        QueryError::DataFusion(err)
+    }
+    /// Records the statement's outcome; returns the audit head hash, if any.
+    fn finish(&self, sql: &str, outcome: Result<Released, &QueryError>) -> Option<String>;
+}
+
+/// What an endpoint serves, and to whom.
+#[tonic::async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Checks Basic credentials. Errors must not echo the secret.
+    fn authenticate(&self, user: &str, secret: &str) -> Result<Caller, QueryError>;
+    /// The scope a statement of `caller` runs in.
+    async fn scope(
+        &self,
+        caller: &Caller,
+        meta: &RequestMeta,
+    ) -> Result<Arc<dyn QueryScope>, QueryError>;
+    /// The server name reported to clients.
+    fn server_name(&self) -> String;
+}
+
+enum Handle {
+    Prepared {
+        owner: String,
+        sql: String,
+        params: Option<Vec<ScalarValue>>,
+        created: Instant,
+    },
+    Execution {
+        owner: String,
+        scope: Arc<dyn QueryScope>,
+        df: DataFrame,
+        sql: String,
+        meta: RequestMeta,
+        created: Instant,
+    },
+}
+
+impl Handle {
+    fn owner(&self) -> &str {
+        match self {
+            Handle::Prepared { owner, .. } | Handle::Execution { owner, .. } => owner,
+        }
+    }
+
+    fn created(&self) -> Instant {
+        match self {
+            Handle::Prepared { created, .. } | Handle::Execution { created, .. } => *created,
+        }
+    }
+}
+
+/// A Flight SQL endpoint over a [`Backend`].
+pub struct FlightSqlEndpoint<B: Backend> {
+    backend: Arc<B>,
+    sessions: Mutex<HashMap<String, (Caller, Instant)>>,
+    handles: Mutex<HashMap<String, Handle>>,
+    sql_info: SqlInfoData,
+}
+
+type DoGetStream = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send + 'static>>;
+
+fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the operating system provides randomness");
+    hex::encode(bytes)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn schema_bytes(schema: &Schema) -> Result<Vec<u8>, Status> {
+    let message: IpcMessage = SchemaAsIpc::new(schema, &IpcWriteOptions::default())
+        .try_into()
+        .map_err(|e| Status::internal(format!("cannot encode schema: {e}")))?;
+    Ok(message.0.to_vec())
+}
+
+impl<B: Backend> FlightSqlEndpoint<B> {
+    /// An endpoint serving `backend`.
+    pub fn new(backend: Arc<B>) -> Self {
+        let mut info = SqlInfoDataBuilder::new();
+        info.append(SqlInfo::FlightSqlServerName, backend.server_name().as_str());
+        info.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
+        info.append(SqlInfo::FlightSqlServerArrowVersion, "59");
+        info.append(SqlInfo::FlightSqlServerReadOnly, true);
+        let sql_info = info.build().expect("static SQL info builds");
+        Self {
+            backend,
+            sessions: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            sql_info,
+        }
+    }
+
+    /// The tonic service to mount on a server.
+    pub fn into_service(self) -> FlightServiceServer<Self> {
+        FlightServiceServer::new(self).max_decoding_message_size(64 * 1024 * 1024)
+    }
+
+    fn decode_basic(header: &str) -> Result<(String, String), Status> {
+        let encoded = header.trim_start_matches("Basic ").trim();
+        // Clients differ on padding; accept both.
+        let engine = base64::engine::GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            base64::engine::GeneralPurposeConfig::new()
+                .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+        );
+        let decoded = engine.decode(encoded).map_err(|_| {
+            Status::unauthenticated("the Basic authorization header is not valid base64")
+        })?;
+        let text = String::from_utf8(decoded).map_err(|_| {
+            Status::unauthenticated("the Basic authorization header is not valid UTF-8")
+        })?;
+        let (user, secret) = text.split_once(':').ok_or_else(|| {
+            Status::unauthenticated("the Basic authorization header has no `user:password`")
+        })?;
+        Ok((user.to_string(), secret.to_string()))
+    }
+
+    /// The caller of a request: a Bearer token from the handshake, or Basic
+    /// credentials sent with the call itself.
+    fn caller(&self, md: &MetadataMap) -> Result<Caller, Status> {
+        let header = md
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                Status::unauthenticated(
+                    "no credentials: log in with Basic auth, then send the Bearer token",
+                )
+            })?;
+        if let Some(token) = header.strip_prefix("Bearer ") {
+            let mut sessions = lock(&self.sessions);
+            return match sessions.get(token.trim()) {
+                Some((caller, expires)) if *expires > Instant::now() => Ok(caller.clone()),
+                Some(_) => {
+                    sessions.remove(token.trim());
+                    Err(Status::unauthenticated(
+                        "the Bearer token has expired: log in again",
+                    ))
+                }
+                None => Err(Status::unauthenticated(
+                    "unknown Bearer token: log in again",
+                )),
+            };
+        }
+        if header.starts_with("Basic ") {
+            let (user, secret) = Self::decode_basic(header)?;
+            return self
+                .backend
+                .authenticate(&user, &secret)
+                .map_err(Status::from);
+        }
+        Err(Status::unauthenticated(
+            "unsupported authorization scheme: use Basic or Bearer",
+        ))
+    }
+
+    fn insert_handle(&self, handle: Handle) -> String {
+        let id = random_id();
+        let mut handles = lock(&self.handles);
+        handles.retain(|_, h| h.created().elapsed() < HANDLE_TTL);
+        handles.insert(id.clone(), handle);
+        id
+    }
+
+    /// Removes and returns a handle the caller owns.
+    fn take_handle(&self, id: &[u8], caller: &Caller) -> Result<Handle, Status> {
+        let id = std::str::from_utf8(id)
+            .map_err(|_| Status::invalid_argument("malformed statement handle"))?;
+        let mut handles = lock(&self.handles);
+        match handles.get(id) {
+            Some(h) if h.owner() == caller.user && h.created().elapsed() < HANDLE_TTL => {
+                Ok(handles.remove(id).expect("present"))
+            }
+            _ => Err(Status::not_found("unknown or expired statement handle")),
+        }
+    }
+
+    /// Plans `sql` in `scope`: statement checks, DataFusion planning with
+    /// writes disabled, bound parameters, client-facing types.
+    async fn plan(
+        scope: &dyn QueryScope,
+        sql: &str,
+        params: Option<Vec<ScalarValue>>,
+    ) -> Result<DataFrame, QueryError> {
+        check_read_only(sql)?;
+        let options = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        let df = scope
+            .session()
+            .sql_with_options(sql, options)
+            .await
+            .map_err(|e| scope.explain_failure(e))?;
+        let df = match params {
+            Some(values) => df
+                .with_param_values(values)
+                .map_err(|e| scope.explain_failure(e))?,
+            None => df,
+        };
+        to_client_types(df).map_err(|e| scope.explain_failure(e))
+    }
+
+    /// Plans a statement for execution and returns its handle and schema.
+    /// A refused or failed plan is recorded by the scope.
+    async fn prepare_execution(
+        &self,
+        caller: &Caller,
+        meta: RequestMeta,
+        sql: &str,
+        params: Option<Vec<ScalarValue>>,
+    ) -> Result<(String, SchemaRef), Status> {
+        let scope = self.backend.scope(caller, &meta).await?;
+        let df = match Self::plan(scope.as_ref(), sql, params).await {
+            Ok(df) => df,
+            Err(e) => {
+                scope.finish(sql, Err(&e));
+                return Err(e.into());
+            }
+        };
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let handle = Handle::Execution {
+            owner: caller.user.clone(),
+            scope,
+            df,
+            sql: sql.to_string(),
+            meta,
+            created: Instant::now(),
+        };
+        Ok((self.insert_handle(handle), schema))
+    }
+
+    fn flight_info(
+        ticket: Vec<u8>,
+        schema: &Schema,
+        descriptor: FlightDescriptor,
+    ) -> Result<FlightInfo, Status> {
+        let info = FlightInfo::new()
+            .try_with_schema(schema)
+            .map_err(|e| Status::internal(format!("cannot encode schema: {e}")))?
+            .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket)))
+            .with_descriptor(descriptor);
+        Ok(info)
+    }
+
+    fn statement_info(
+        handle: String,
+        schema: &Schema,
+        descriptor: FlightDescriptor,
+    ) -> Result<FlightInfo, Status> {
+        let ticket = TicketStatementQuery {
+            statement_handle: handle.into_bytes().into(),
+        };
+        Self::flight_info(ticket.as_any().encode_to_vec(), schema, descriptor)
+    }
+
+    /// Streams one metadata batch.
+    fn one_batch(batch: RecordBatch) -> DoGetStream {
+        let schema = batch.schema();
+        let input = futures::stream::iter([Ok(batch)]);
+        Box::pin(
+            FlightDataEncoderBuilder::new()
+                .with_schema(schema)
+                .build(input)
+                .map_err(Status::from),
+        )
+    }
+
+    /// The session of a catalog call, which records nothing.
+    async fn catalog_session(&self, md: &MetadataMap) -> Result<Arc<dyn QueryScope>, Status> {
+        let caller = self.caller(md)?;
+        Ok(self
+            .backend
+            .scope(&caller, &RequestMeta::from_metadata(md))
+            .await?)
+    }
+
+    /// Every (catalog, schema, table, client-facing schema) the session can see.
+    async fn tables_of(
+        session: &SessionContext,
+    ) -> Result<Vec<(String, String, String, Schema)>, Status> {
+        let mut out = Vec::new();
+        for catalog_name in session.catalog_names() {
+            let Some(catalog) = session.catalog(&catalog_name) else {
+                continue;
+            };
+            for schema_name in catalog.schema_names() {
+                let Some(schema) = catalog.schema(&schema_name) else {
+                    continue;
+                };
+                for table_name in schema.table_names() {
+                    if let Ok(Some(table)) = schema.table(&table_name).await {
+                        let fields: Vec<Field> = table
+                            .schema()
+                            .fields()
+                            .iter()
+                            .map(|f| crate::boundary::client_field(f.as_ref()))
+                            .collect();
+                        out.push((
+                            catalog_name.clone(),
+                            schema_name.clone(),
+                            table_name,
+                            Schema::new(fields),
+                        ));
+                    }
+                }
+            }
+        }
+        out.sort_by(|a, b| (&a.0, &a.1, &a.2).cmp(&(&b.0, &b.1, &b.2)));
+        Ok(out)
+    }
+}
+
+/// Streams a planned statement: runs it, encodes batches as they come, and
+/// records the outcome once the stream ends, fails or the client goes away.
+fn execute_stream(
+    scope: Arc<dyn QueryScope>,
+    df: DataFrame,
+    sql: String,
+    meta: RequestMeta,
+) -> DoGetStream {
+    // Two messages in flight at most: a slow client slows the query down
+    // instead of the server buffering the result.
+    let (tx, rx) = mpsc::channel::<Result<FlightData, Status>>(2);
+    tokio::spawn(async move {
+        let stream = match df.execute_stream().await {
+            Ok(s) => s,
+            Err(e) => {
+                let err = scope.explain_failure(e);
+                scope.finish(&sql, Err(&err));
+                let _ = tx.send(Err(err.into())).await;
+                return;
+            }
+        };
+        let schema = stream.schema();
+        let released = Arc::new(Mutex::new(Released::default()));
+        let failure: Arc<Mutex<Option<datafusion::error::DataFusionError>>> =
+            Arc::new(Mutex::new(None));
+        let (counter, failed) = (released.clone(), failure.clone());
+        let counted = stream.map(move |item| match item {
+            Ok(batch) => {
+                let mut r = lock(&counter);
+                r.rows += batch.num_rows() as u64;
+                r.bytes += batch.get_array_memory_size() as u64;
+                Ok(batch)
+            }
+            Err(e) => {
+                *lock(&failed) = Some(e);
+                Err(FlightError::ExternalError("query execution failed".into()))
+            }
+        });
+        let mut encoded = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(counted);
+        let mut cancelled = false;
+        while let Some(item) = encoded.next().await {
+            match item {
+                Ok(data) => {
+                    if tx.send(Ok(data)).await.is_err() {
+                        cancelled = true;
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        drop(encoded);
+        let totals = *lock(&released);
+        let failure = lock(&failure).take();
+        if let Some(e) = failure {
+            let err = scope.explain_failure(e);
+            scope.finish(&sql, Err(&err));
+            let _ = tx.send(Err(err.into())).await;
+        } else if cancelled {
+            let err = QueryError::Unavailable(
+                "the client went away before the result was complete; query cancelled".into(),
+            );
+            scope.finish(&sql, Err(&err));
+        } else {
+            let head = scope.finish(&sql, Ok(totals));
+            if meta.wants_receipt {
+                let receipt = format!(
+                    r#"{{"query_id":"{}","rows":{},"bytes":{},"audit_head":{}}}"#,
+                    scope.query_id(),
+                    totals.rows,
+                    totals.bytes,
+                    head.map_or("null".to_string(), |h| format!("\"{h}\""))
+                );
+                let _ = tx
+                    .send(Ok(FlightData::new().with_app_metadata(receipt.into_bytes())))
+                    .await;
+            }
+        }
+    });
+    Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
+}
+
+#[tonic::async_trait]
+impl<B: Backend> FlightSqlService for FlightSqlEndpoint<B> {
+    type FlightService = Self;
+
+    async fn do_handshake(
+        &self,
+        request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<
+        Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>,
+        Status,
+    > {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                Status::unauthenticated("the handshake needs a Basic authorization header")
+            })?;
+        if !header.starts_with("Basic ") {
+            return Err(Status::unauthenticated(
+                "the handshake needs Basic credentials",
+            ));
+        }
+        let (user, secret) = Self::decode_basic(header)?;
+        let caller = self.backend.authenticate(&user, &secret)?;
+        let token = random_id() + &random_id();
+        {
+            let mut sessions = lock(&self.sessions);
+            sessions.retain(|_, (_, expires)| *expires > Instant::now());
+            sessions.insert(
+                token.clone(),
+                (caller.clone(), Instant::now() + SESSION_TTL),
+            );
+        }
+        tracing::info!(user = %caller.user, role = %caller.role, "client logged in");
+        let response = HandshakeResponse {
+            protocol_version: 0,
+            payload: token.clone().into_bytes().into(),
+        };
+        let stream: Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>> =
+            Box::pin(futures::stream::iter([Ok(response)]));
+        let mut resp = Response::new(stream);
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| Status::internal("cannot encode the session token"))?;
+        resp.metadata_mut().insert("authorization", value);
+        Ok(resp)
+    }
+
+    async fn get_flight_info_statement(
+        &self,
+        query: CommandStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let caller = self.caller(request.metadata())?;
+        let meta = RequestMeta::from_metadata(request.metadata());
+        let (handle, schema) = self
+            .prepare_execution(&caller, meta, &query.query, None)
+            .await?;
+        Ok(Response::new(Self::statement_info(
+            handle,
+            &schema,
+            request.into_inner(),
+        )?))
+    }
+
+    async fn get_flight_info_prepared_statement(
+        &self,
+        cmd: CommandPreparedStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let caller = self.caller(request.metadata())?;
+        let meta = RequestMeta::from_metadata(request.metadata());
+        let (sql, params) = {
+            let handles = lock(&self.handles);
+            let id = std::str::from_utf8(&cmd.prepared_statement_handle).unwrap_or_default();
+            match handles.get(id) {
+                Some(Handle::Prepared {
+                    owner, sql, params, ..
+                }) if *owner == caller.user => (sql.clone(), params.clone()),
+                _ => return Err(Status::not_found("unknown or closed prepared statement")),
+            }
+        };
+        let (handle, schema) = self.prepare_execution(&caller, meta, &sql, params).await?;
+        Ok(Response::new(Self::statement_info(
+            handle,
+            &schema,
+            request.into_inner(),
+        )?))
+    }
+
+    async fn do_get_statement(
+        &self,
+        ticket: TicketStatementQuery,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let caller = self.caller(request.metadata())?;
+        match self.take_handle(&ticket.statement_handle, &caller)? {
+            Handle::Execution {
+                scope,
+                df,
+                sql,
+                meta,
+                ..
+            } => Ok(Response::new(execute_stream(scope, df, sql, meta))),
+            Handle::Prepared { .. } => Err(Status::invalid_argument(
+                "a prepared statement handle is not a ticket",
+            )),
+        }
+    }
+
+    async fn do_action_create_prepared_statement(
+        &self,
+        query: ActionCreatePreparedStatementRequest,
+        request: Request<arrow_flight::Action>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let caller = self.caller(request.metadata())?;
+        let meta = RequestMeta::from_metadata(request.metadata());
+        let scope = self.backend.scope(&caller, &meta).await?;
+        let df = match Self::plan(scope.as_ref(), &query.query, None).await {
+            Ok(df) => df,
+            Err(e) => {
+                scope.finish(&query.query, Err(&e));
+                return Err(e.into());
+            }
+        };
+        let mut parameters: Vec<(usize, Field)> = df
+            .logical_plan()
+            .get_parameter_fields()
+            .map_err(|e| Status::invalid_argument(format!("cannot infer parameter types: {e}")))?
+            .into_iter()
+            .map(|(name, field)| {
+                let position = name
+                    .trim_start_matches('$')
+                    .parse::<usize>()
+                    .unwrap_or(usize::MAX);
+                let data_type = field.map_or(datafusion::arrow::datatypes::DataType::Null, |f| {
+                    f.data_type().clone()
+                });
+                (position, Field::new(name, data_type, true))
+            })
+            .collect();
+        parameters.sort_by_key(|(position, _)| *position);
+        let parameter_schema =
+            Schema::new(parameters.into_iter().map(|(_, f)| f).collect::<Vec<_>>());
+        let dataset_schema = df.schema().as_arrow().clone();
+        let handle = self.insert_handle(Handle::Prepared {
+            owner: caller.user.clone(),
+            sql: query.query,
+            params: None,
+            created: Instant::now(),
+        });
+        Ok(ActionCreatePreparedStatementResult {
+            prepared_statement_handle: handle.into_bytes().into(),
+            dataset_schema: schema_bytes(&dataset_schema)?.into(),
+            parameter_schema: schema_bytes(&parameter_schema)?.into(),
+        })
+    }
+
+    async fn do_put_prepared_statement_query(
+        &self,
+        cmd: CommandPreparedStatementQuery,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<DoPutPreparedStatementResult, Status> {
+        let caller = self.caller(request.metadata())?;
+        let stream = request.into_inner().into_inner().map_err(FlightError::from);
+        let batches: Vec<RecordBatch> =
+            arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(stream)
+                .try_collect()
+                .await?;
+        let values = match batches.iter().find(|b| b.num_rows() > 0) {
+            Some(batch) => {
+                if batch.num_rows() > 1 {
+                    return Err(Status::invalid_argument(
+                        "bind one row of parameters per execution",
+                    ));
+                }
+                batch
+                    .columns()
+                    .iter()
+                    .map(|c| ScalarValue::try_from_array(c, 0))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| Status::invalid_argument(format!("cannot read parameters: {e}")))?
+            }
+            None => Vec::new(),
+        };
+        let id = std::str::from_utf8(&cmd.prepared_statement_handle)
+            .unwrap_or_default()
+            .to_string();
+        let mut handles = lock(&self.handles);
+        match handles.get_mut(&id) {
+            Some(Handle::Prepared { owner, params, .. }) if *owner == caller.user => {
+                *params = Some(values)
+            }
+            _ => return Err(Status::not_found("unknown or closed prepared statement")),
+        }
+        Ok(DoPutPreparedStatementResult {
+            prepared_statement_handle: Some(id.into_bytes().into()),
+        })
+    }
+
+    async fn do_action_close_prepared_statement(
+        &self,
+        query: ActionClosePreparedStatementRequest,
+        request: Request<arrow_flight::Action>,
+    ) -> Result<(), Status> {
+        let caller = self.caller(request.metadata())?;
+        self.take_handle(&query.prepared_statement_handle, &caller)
+            .map(|_| ())
+    }
+
+    async fn get_flight_info_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(request.metadata())?;
+        let schema = query.clone().into_builder().schema();
+        Ok(Response::new(Self::flight_info(
+            query.as_any().encode_to_vec(),
+            &schema,
+            request.into_inner(),
+        )?))
+    }
+
+    async fn do_get_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let scope = self.catalog_session(request.metadata()).await?;
+        let mut builder = query.into_builder();
+        for name in scope.session().catalog_names() {
+            builder.append(name);
+        }
+        let batch = builder
+            .build()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(Self::one_batch(batch)))
+    }
+
+    async fn get_flight_info_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(request.metadata())?;
+        let schema = query.clone().into_builder().schema();
+        Ok(Response::new(Self::flight_info(
+            query.as_any().encode_to_vec(),
+            &schema,
+            request.into_inner(),
+        )?))
+    }
+
+    async fn do_get_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let scope = self.catalog_session(request.metadata()).await?;
+        let mut builder = query.into_builder();
+        let session = scope.session();
+        for catalog_name in session.catalog_names() {
+            if let Some(catalog) = session.catalog(&catalog_name) {
+                for schema_name in catalog.schema_names() {
+                    builder.append(&catalog_name, schema_name);
+                }
+            }
+        }
+        let batch = builder
+            .build()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(Self::one_batch(batch)))
+    }
+
+    async fn get_flight_info_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(request.metadata())?;
+        let schema = query.clone().into_builder().schema();
+        Ok(Response::new(Self::flight_info(
+            query.as_any().encode_to_vec(),
+            &schema,
+            request.into_inner(),
+        )?))
+    }
+
+    async fn do_get_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let scope = self.catalog_session(request.metadata()).await?;
+        let mut builder = query.into_builder();
+        for (catalog, schema, table, table_schema) in Self::tables_of(scope.session()).await? {
+            builder
+                .append(catalog, schema, table, "TABLE", &table_schema)
+                .map_err(|e| Status::internal(e.to_string()))?;
+        }
+        let batch = builder
+            .build()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(Self::one_batch(batch)))
+    }
+
+    async fn get_flight_info_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(request.metadata())?;
+        let schema = query.clone().into_builder().schema();
+        Ok(Response::new(Self::flight_info(
+            query.as_any().encode_to_vec(),
+            &schema,
+            request.into_inner(),
+        )?))
+    }
+
+    async fn do_get_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.caller(request.metadata())?;
+        let mut builder = query.into_builder();
+        builder.append("TABLE");
+        let batch = builder
+            .build()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(Self::one_batch(batch)))
+    }
+
+    async fn get_flight_info_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(request.metadata())?;
+        let schema = query.clone().into_builder(&self.sql_info).schema();
+        Ok(Response::new(Self::flight_info(
+            query.as_any().encode_to_vec(),
+            &schema,
+            request.into_inner(),
+        )?))
+    }
+
+    async fn do_get_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.caller(request.metadata())?;
+        let batch = query
+            .into_builder(&self.sql_info)
+            .build()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(Self::one_batch(batch)))
+    }
+
+    async fn do_get_fallback(
+        &self,
+        _request: Request<Ticket>,
+        message: Any,
+    ) -> Result<Response<DoGetStream>, Status> {
+        Err(Status::invalid_argument(format!(
+            "unsupported ticket type {}",
+            message.type_url
+        )))
+    }
+
+    async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}
+
+/// Serves `endpoint` on `listener` until `shutdown` completes.
+pub async fn serve<B: Backend>(
+    endpoint: FlightSqlEndpoint<B>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        .add_service(endpoint.into_service())
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}

@@ -1,0 +1,169 @@
+//! Statement checks: only read-only queries run. DDL, DML, `COPY`, `SET`,
+//! `EXPLAIN` and table functions (which could read files) are refused, each
+//! naming the rule.
+
+use std::ops::ControlFlow;
+
+use datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};
+use datafusion::sql::sqlparser::ast::{Statement, TableFactor, Visit, Visitor};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+
+use crate::error::QueryError;
+
+/// Rule name for statements other than queries.
+pub const READ_ONLY_RULE: &str = "read-only SELECT only";
+/// Rule name for table functions.
+pub const TABLE_FUNCTION_RULE: &str = "no table functions";
+
+/// Parses `sql` and refuses anything but one read-only query.
+pub fn check_read_only(sql: &str) -> Result<(), QueryError> {
+    let dialect = GenericDialect {};
+    let mut statements = DFParserBuilder::new(sql)
+        .with_dialect(&dialect)
+        .build()
+        .and_then(|mut p| p.parse_statements())
+        .map_err(|e| QueryError::Invalid(format!("cannot parse SQL: {e}")))?;
+    if statements.len() != 1 {
+        return Err(QueryError::refused(
+            READ_ONLY_RULE,
+            format!("send exactly one statement, not {}", statements.len()),
+        ));
+    }
+    match statements.pop_front().expect("one statement") {
+        DfStatement::Statement(statement) => match *statement {
+            Statement::Query(query) => {
+                let mut finder = TableFunctionFinder::default();
+                let _ = query.visit(&mut finder);
+                match finder.found {
+                    Some(name) => Err(QueryError::refused(
+                        TABLE_FUNCTION_RULE,
+                        format!(
+                            "table function `{name}` is not allowed: queries may read published tables only"
+                        ),
+                    )),
+                    None => Ok(()),
+                }
+            }
+            other => Err(QueryError::refused(
+                READ_ONLY_RULE,
+                format!("`{}` statements are not allowed", kind_of(&other)),
+            )),
+        },
+        DfStatement::CreateExternalTable(_) => Err(QueryError::refused(
+            READ_ONLY_RULE,
+            "`CREATE EXTERNAL TABLE` is not allowed",
+        )),
+        DfStatement::CopyTo(_) => Err(QueryError::refused(READ_ONLY_RULE, "`COPY` is not allowed")),
+        DfStatement::Explain(_) => Err(QueryError::refused(
+            READ_ONLY_RULE,
+            "`EXPLAIN` is not allowed",
+        )),
+        DfStatement::Reset(_) => Err(QueryError::refused(
+            READ_ONLY_RULE,
+            "`RESET` is not allowed",
+        )),
+    }
+}
+
+/// A short name for a statement's kind, for error messages.
+fn kind_of(statement: &Statement) -> String {
+    let text = statement.to_string();
+    let words: Vec<&str> = text.split_whitespace().take(2).collect();
+    match words.as_slice() {
+        [first, second] if matches!(*first, "CREATE" | "DROP" | "ALTER" | "INSERT" | "DELETE") => {
+            format!("{first} {second}")
+        }
+        [first, ..] => first.to_string(),
+        [] => "empty".to_string(),
+    }
+}
+
+#[derive(Default)]
+struct TableFunctionFinder {
+    found: Option<String>,
+}
+
+impl Visitor for TableFunctionFinder {
+    type Break = ();
+
+    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+        let name = match factor {
+            TableFactor::Table {
+                name,
+                args: Some(_),
+                ..
+            } => Some(name.to_string()),
+            TableFactor::Function { name, .. } => Some(name.to_string()),
+            TableFactor::TableFunction { expr, .. } => Some(expr.to_string()),
+            _ => None,
+        };
+        match name {
+            Some(name) => {
+                self.found = Some(name);
+                ControlFlow::Break(())
+            }
+            None => ControlFlow::Continue(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule_of(sql: &str) -> String {
+        match check_read_only(sql).unwrap_err() {
+            QueryError::Refused { rule, detail } => format!("{rule}: {detail}"),
+            other => panic!("expected a refusal for {sql}, got {other}"),
+        }
+    }
+
+    #[test]
+    fn queries_pass() {
+        for sql in [
+            "SELECT 1",
+            "select a, count(*) from t where b > 3 group by a order by 2 desc limit 5",
+            "WITH x AS (SELECT * FROM t) SELECT * FROM x JOIN u USING (pid)",
+            "SELECT * FROM t UNION ALL SELECT * FROM u",
+            "SELECT * FROM (SELECT a FROM t) s",
+        ] {
+            check_read_only(sql).unwrap();
+        }
+    }
+
+    #[test]
+    fn writes_and_settings_are_refused_by_name() {
+        assert!(rule_of("INSERT INTO t VALUES (1)").contains("`INSERT INTO` statements"));
+        assert!(rule_of("DELETE FROM t").starts_with(READ_ONLY_RULE));
+        assert!(rule_of("DROP TABLE t").contains("DROP TABLE"));
+        assert!(rule_of("CREATE TABLE x AS SELECT 1").contains("CREATE TABLE"));
+        assert!(
+            rule_of("CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/etc/passwd'")
+                .contains("CREATE EXTERNAL TABLE")
+        );
+        assert!(rule_of("COPY t TO '/tmp/out.csv'").contains("COPY"));
+        assert!(rule_of("SET datafusion.execution.batch_size = 1").contains("SET"));
+        assert!(rule_of("EXPLAIN SELECT 1").contains("EXPLAIN"));
+        assert!(rule_of("SELECT 1; SELECT 2").contains("exactly one statement"));
+    }
+
+    #[test]
+    fn table_functions_are_refused_wherever_they_hide() {
+        assert!(rule_of("SELECT * FROM read_csv('/etc/passwd')").contains("read_csv"));
+        assert!(
+            rule_of("SELECT * FROM t WHERE a IN (SELECT a FROM read_parquet('x.parquet'))")
+                .contains("read_parquet")
+        );
+        assert!(
+            rule_of("SELECT * FROM t JOIN generate_series(1, 3) g ON true")
+                .starts_with(TABLE_FUNCTION_RULE)
+        );
+    }
+
+    #[test]
+    fn garbage_is_invalid_not_refused() {
+        assert!(
+            matches!(check_read_only("SELEC 1"), Err(QueryError::Invalid(m)) if m.contains("cannot parse"))
+        );
+    }
+}
