@@ -71,7 +71,10 @@ enum Command {
     /// Submit, review and approve research requests.
     Request,
     /// Show, verify and reconcile audit logs.
-    Audit,
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Linkage quality reports.
     Link,
     /// Manage the linkage secret.
@@ -81,6 +84,19 @@ enum Command {
     },
     /// Benchmarks of federated queries against a central baseline.
     Bench,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check a hash-chained audit log; names the first broken record.
+    Verify {
+        /// The audit log file (one JSON record a line).
+        file: PathBuf,
+    },
+    /// Print an audit log as a table (a later version).
+    Show,
+    /// Match the coordinator's log against nodes' logs (a later version).
+    Reconcile,
 }
 
 #[derive(Subcommand)]
@@ -150,7 +166,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 );
                 return Ok(());
             }
-            not_yet("serving a node (`carrow node` without --check)")
+            runtime()?.block_on(serve_node(cfg))
         }
         Command::Coordinator { config, check } => {
             let cfg = config::load_coordinator(&config)?;
@@ -167,10 +183,66 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Demo => not_yet("`carrow demo`"),
         Command::Sql => not_yet("`carrow sql`"),
         Command::Request => not_yet("`carrow request`"),
-        Command::Audit => not_yet("`carrow audit`"),
+        Command::Audit {
+            command: AuditCommand::Verify { file },
+        } => {
+            let report = carrow_governance::verify_file(&file)?;
+            println!(
+                "audit log {} is intact: {} records, head {}",
+                file.display(),
+                report.records,
+                report.head
+            );
+            Ok(())
+        }
+        Command::Audit {
+            command: AuditCommand::Show,
+        } => not_yet("`carrow audit show`"),
+        Command::Audit {
+            command: AuditCommand::Reconcile,
+        } => not_yet("`carrow audit reconcile`"),
         Command::Link => not_yet("`carrow link`"),
         Command::Bench => not_yet("`carrow bench`"),
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn serve_node(cfg: carrow_node::NodeConfig) -> anyhow::Result<()> {
+    let name = cfg.name.clone();
+    let mut node = carrow_node::RunningNode::start(cfg)
+        .await
+        .with_context(|| format!("starting node {name}"))?;
+    // Tests and scripts read this line to find the port.
+    println!("node {name} listening on {}", node.addr);
+    for (table, reason) in node.state.unavailable() {
+        println!("node {name}: table {table} unavailable: {reason}");
+    }
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    tokio::select! {
+        _ = shutdown_signal() => {
+            tracing::info!(node = %name, "stopping");
+            node.stop().await?;
+        }
+        result = node.wait() => result?,
+    }
+    Ok(())
 }
 
 fn not_yet(what: &str) -> anyhow::Result<()> {

@@ -568,7 +568,9 @@ freshness = { as_of = "2026-10-31" }
             expr: None,
             data_type: None,
         });
-        let NodeError::InvalidConfig(problems) = cfg.validate().unwrap_err();
+        let NodeError::InvalidConfig(problems) = cfg.validate().unwrap_err() else {
+            panic!("expected InvalidConfig")
+        };
         let text = problems.join("\n");
         for field in [
             "listen:",

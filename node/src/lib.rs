@@ -1,14 +1,104 @@
 //! The Carrow node: runs beside one organisation's data and publishes a
 //! declared set of tables through Arrow Flight SQL, with person identifiers
 //! replaced by project-scoped pseudonyms before anything leaves.
+//!
+//! - [`config`]: the node's TOML configuration and its validation;
+//! - [`sources`], [`postgres`]: the organisation's local tables;
+//! - [`publish`]: the boundary, a `TableProvider` per published table;
+//! - [`pid`]: the pseudonym and opt-out functions inside the boundary;
+//! - [`policy`]: callers, projects and refusals that name their rule;
+//! - [`service`]: the Flight SQL backend and the node's audit log.
 
 pub mod config;
+pub mod pid;
+pub mod policy;
+pub mod postgres;
+pub mod publish;
+pub mod service;
+pub mod sources;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 pub use config::NodeConfig;
+pub use service::{NodeBackend, NodeState};
 
 /// Errors of the node.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error("invalid node configuration:\n  {}", .0.join("\n  "))]
     InvalidConfig(Vec<String>),
+    #[error(transparent)]
+    Secret(#[from] carrow_linkage::LinkageError),
+    #[error(transparent)]
+    Audit(#[from] carrow_governance::GovernanceError),
+    #[error("opt-out list: {0}")]
+    OptOutList(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("the Flight SQL server stopped: {0}")]
+    Serve(String),
+}
+
+/// A node serving on a socket.
+pub struct RunningNode {
+    /// The address it listens on (useful with port 0).
+    pub addr: SocketAddr,
+    /// Its state: published tables, audit log.
+    pub state: Arc<NodeState>,
+    shutdown: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), NodeError>>,
+}
+
+impl RunningNode {
+    /// Builds the node from `config` and starts serving on `config.listen`.
+    pub async fn start(config: NodeConfig) -> Result<Self, NodeError> {
+        let listen = config.listen.clone();
+        let state = Arc::new(NodeState::build(config).await?);
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .map_err(|source| NodeError::Bind {
+                addr: listen.clone(),
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| NodeError::Bind {
+            addr: listen,
+            source,
+        })?;
+        let endpoint =
+            carrow_sql::FlightSqlEndpoint::new(Arc::new(NodeBackend::new(state.clone())));
+        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            carrow_sql::flight::serve(endpoint, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .map_err(|e| NodeError::Serve(e.to_string()))
+        });
+        tracing::info!(node = %state.name(), %addr, "serving Flight SQL");
+        Ok(Self {
+            addr,
+            state,
+            shutdown,
+            task,
+        })
+    }
+
+    /// Stops serving and waits for the server to finish.
+    pub async fn stop(self) -> Result<(), NodeError> {
+        let _ = self.shutdown.send(());
+        self.task
+            .await
+            .map_err(|e| NodeError::Serve(e.to_string()))?
+    }
+
+    /// Waits until the server stops by itself (an error).
+    pub async fn wait(&mut self) -> Result<(), NodeError> {
+        (&mut self.task)
+            .await
+            .map_err(|e| NodeError::Serve(e.to_string()))?
+    }
 }

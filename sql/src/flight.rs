@@ -89,6 +89,14 @@ impl RequestMeta {
     }
 }
 
+/// Where a statement failed. Planning failures are about the SQL; execution
+/// failures can quote data, so backends may redact them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Planning,
+    Execution,
+}
+
 /// What a finished statement released.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Released {
@@ -105,11 +113,19 @@ pub trait QueryScope: Send + Sync {
     fn query_id(&self) -> &str;
     /// Turns a DataFusion failure into what the caller sees. Backends may name
     /// a policy rule, or redact execution details that could carry values.
-    fn explain_failure(&self, err: datafusion::error::DataFusionError) -> QueryError {
+    fn explain_failure(
+        &self,
+        err: datafusion::error::DataFusionError,
+        _stage: Stage,
+    ) -> QueryError {
         QueryError::DataFusion(err)
     }
     /// Records the statement's outcome; returns the audit head hash, if any.
     fn finish(&self, sql: &str, outcome: Result<Released, &QueryError>) -> Option<String>;
+    /// Schema metadata a catalog listing shows for `table` (freshness, ...).
+    fn table_metadata(&self, _table: &str) -> HashMap<String, String> {
+        HashMap::new()
+    }
 }
 
 /// What an endpoint serves, and to whom.
@@ -117,11 +133,13 @@ pub trait QueryScope: Send + Sync {
 pub trait Backend: Send + Sync + 'static {
     /// Checks Basic credentials. Errors must not echo the secret.
     fn authenticate(&self, user: &str, secret: &str) -> Result<Caller, QueryError>;
-    /// The scope a statement of `caller` runs in.
+    /// The scope `sql` of `caller` runs in (`sql` is empty for catalog calls).
+    /// A backend that refuses here records the refusal itself.
     async fn scope(
         &self,
         caller: &Caller,
         meta: &RequestMeta,
+        sql: &str,
     ) -> Result<Arc<dyn QueryScope>, QueryError>;
     /// The server name reported to clients.
     fn server_name(&self) -> String;
@@ -137,7 +155,7 @@ enum Handle {
     Execution {
         owner: String,
         scope: Arc<dyn QueryScope>,
-        df: DataFrame,
+        df: Box<DataFrame>,
         sql: String,
         meta: RequestMeta,
         created: Instant,
@@ -302,14 +320,14 @@ impl<B: Backend> FlightSqlEndpoint<B> {
             .session()
             .sql_with_options(sql, options)
             .await
-            .map_err(|e| scope.explain_failure(e))?;
+            .map_err(|e| scope.explain_failure(e, Stage::Planning))?;
         let df = match params {
             Some(values) => df
                 .with_param_values(values)
-                .map_err(|e| scope.explain_failure(e))?,
+                .map_err(|e| scope.explain_failure(e, Stage::Planning))?,
             None => df,
         };
-        to_client_types(df).map_err(|e| scope.explain_failure(e))
+        to_client_types(df).map_err(|e| scope.explain_failure(e, Stage::Planning))
     }
 
     /// Plans a statement for execution and returns its handle and schema.
@@ -321,7 +339,7 @@ impl<B: Backend> FlightSqlEndpoint<B> {
         sql: &str,
         params: Option<Vec<ScalarValue>>,
     ) -> Result<(String, SchemaRef), Status> {
-        let scope = self.backend.scope(caller, &meta).await?;
+        let scope = self.backend.scope(caller, &meta, sql).await?;
         let df = match Self::plan(scope.as_ref(), sql, params).await {
             Ok(df) => df,
             Err(e) => {
@@ -333,7 +351,7 @@ impl<B: Backend> FlightSqlEndpoint<B> {
         let handle = Handle::Execution {
             owner: caller.user.clone(),
             scope,
-            df,
+            df: Box::new(df),
             sql: sql.to_string(),
             meta,
             created: Instant::now(),
@@ -382,14 +400,15 @@ impl<B: Backend> FlightSqlEndpoint<B> {
         let caller = self.caller(md)?;
         Ok(self
             .backend
-            .scope(&caller, &RequestMeta::from_metadata(md))
+            .scope(&caller, &RequestMeta::from_metadata(md), "")
             .await?)
     }
 
-    /// Every (catalog, schema, table, client-facing schema) the session can see.
+    /// Every (catalog, schema, table, client-facing schema) the scope can see.
     async fn tables_of(
-        session: &SessionContext,
+        scope: &dyn QueryScope,
     ) -> Result<Vec<(String, String, String, Schema)>, Status> {
+        let session = scope.session();
         let mut out = Vec::new();
         for catalog_name in session.catalog_names() {
             let Some(catalog) = session.catalog(&catalog_name) else {
@@ -410,8 +429,8 @@ impl<B: Backend> FlightSqlEndpoint<B> {
                         out.push((
                             catalog_name.clone(),
                             schema_name.clone(),
-                            table_name,
-                            Schema::new(fields),
+                            table_name.clone(),
+                            Schema::new_with_metadata(fields, scope.table_metadata(&table_name)),
                         ));
                     }
                 }
@@ -437,7 +456,7 @@ fn execute_stream(
         let stream = match df.execute_stream().await {
             Ok(s) => s,
             Err(e) => {
-                let err = scope.explain_failure(e);
+                let err = scope.explain_failure(e, Stage::Execution);
                 scope.finish(&sql, Err(&err));
                 let _ = tx.send(Err(err.into())).await;
                 return;
@@ -479,7 +498,7 @@ fn execute_stream(
         let totals = *lock(&released);
         let failure = lock(&failure).take();
         if let Some(e) = failure {
-            let err = scope.explain_failure(e);
+            let err = scope.explain_failure(e, Stage::Execution);
             scope.finish(&sql, Err(&err));
             let _ = tx.send(Err(err.into())).await;
         } else if cancelled {
@@ -612,7 +631,7 @@ impl<B: Backend> FlightSqlService for FlightSqlEndpoint<B> {
                 sql,
                 meta,
                 ..
-            } => Ok(Response::new(execute_stream(scope, df, sql, meta))),
+            } => Ok(Response::new(execute_stream(scope, *df, sql, meta))),
             Handle::Prepared { .. } => Err(Status::invalid_argument(
                 "a prepared statement handle is not a ticket",
             )),
@@ -626,7 +645,7 @@ impl<B: Backend> FlightSqlService for FlightSqlEndpoint<B> {
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let caller = self.caller(request.metadata())?;
         let meta = RequestMeta::from_metadata(request.metadata());
-        let scope = self.backend.scope(&caller, &meta).await?;
+        let scope = self.backend.scope(&caller, &meta, &query.query).await?;
         let df = match Self::plan(scope.as_ref(), &query.query, None).await {
             Ok(df) => df,
             Err(e) => {
@@ -673,7 +692,7 @@ impl<B: Backend> FlightSqlService for FlightSqlEndpoint<B> {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
         let caller = self.caller(request.metadata())?;
-        let stream = request.into_inner().into_inner().map_err(FlightError::from);
+        let stream = request.into_inner().map_err(FlightError::from);
         let batches: Vec<RecordBatch> =
             arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(stream)
                 .try_collect()
@@ -725,7 +744,7 @@ impl<B: Backend> FlightSqlService for FlightSqlEndpoint<B> {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.caller(request.metadata())?;
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         Ok(Response::new(Self::flight_info(
             query.as_any().encode_to_vec(),
             &schema,
@@ -805,7 +824,7 @@ impl<B: Backend> FlightSqlService for FlightSqlEndpoint<B> {
     ) -> Result<Response<DoGetStream>, Status> {
         let scope = self.catalog_session(request.metadata()).await?;
         let mut builder = query.into_builder();
-        for (catalog, schema, table, table_schema) in Self::tables_of(scope.session()).await? {
+        for (catalog, schema, table, table_schema) in Self::tables_of(&*scope).await? {
             builder
                 .append(catalog, schema, table, "TABLE", &table_schema)
                 .map_err(|e| Status::internal(e.to_string()))?;
@@ -822,7 +841,7 @@ impl<B: Backend> FlightSqlService for FlightSqlEndpoint<B> {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.caller(request.metadata())?;
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         Ok(Response::new(Self::flight_info(
             query.as_any().encode_to_vec(),
             &schema,

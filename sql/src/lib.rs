@@ -8,4 +8,4 @@ pub mod flight;
 pub mod statement;
 
 pub use error::QueryError;
-pub use flight::{Backend, Caller, FlightSqlEndpoint, QueryScope, Released, RequestMeta};
+pub use flight::{Backend, Caller, FlightSqlEndpoint, QueryScope, Released, RequestMeta, Stage};

@@ -137,12 +137,12 @@ pub fn acute(creds: &NodeCredentials) -> NodeConfig {
         source: None,
         sql: Some(
             "SELECT s.*, p.\"NHS_NO\", p.\"SURNAME\", p.\"FORENAME\", p.\"DOB\", p.\"GENDER\", p.\"POSTCODE\", \
-             p.\"LSOA\", p.\"IMD_DECILE\" FROM apc_spells s JOIN pas_patients p ON s.\"PATIENT_ID\" = p.\"PATIENT_ID\""
+             p.\"LSOA\", p.\"IMD_DECILE\", p.\"DATA_OPT_OUT\" FROM apc_spells s JOIN pas_patients p ON s.\"PATIENT_ID\" = p.\"PATIENT_ID\""
                 .into(),
         ),
         identifiers: identifiers("NHS_NO", "SURNAME", "FORENAME", "DOB", "GENDER", "POSTCODE"),
         columns: vec![
-            expr("birth_year", "CAST(date_part('year', \"DOB\") AS INT)", None),
+            expr("birth_year", "TRY_CAST(date_part('year', \"DOB\") AS INT)", None),
             expr("sex", "CASE \"GENDER\" WHEN '1' THEN 'M' WHEN '2' THEN 'F' END", None),
             col("area_code", "LSOA", Some(ColumnType::String)),
             col("deprivation_decile", "IMD_DECILE", Some(ColumnType::Int64)),
@@ -155,7 +155,9 @@ pub fn acute(creds: &NodeCredentials) -> NodeConfig {
             ),
             col("primary_diagnosis", "PRIMARY_DIAGNOSIS", Some(ColumnType::String)),
         ],
-        opt_out: None,
+        // The trust records objections locally too, so people whose NHS
+        // number it lacks are still removed.
+        opt_out: Some(OptOutRule { column: "DATA_OPT_OUT".into(), values: vec!["Y".into()] }),
         freshness: freshness_column("admission_date"),
     });
     cfg
@@ -181,7 +183,7 @@ pub fn gp(creds: &NodeCredentials) -> NodeConfig {
         vec![
             expr(
                 "birth_year",
-                "CAST(substr(date_of_birth, 7, 4) AS INT)",
+                "TRY_CAST(substr(date_of_birth, 7, 4) AS INT)",
                 None,
             ),
             expr(
@@ -261,7 +263,7 @@ pub fn council(creds: &NodeCredentials, as_of: &str) -> NodeConfig {
         vec![
             expr(
                 "birth_year",
-                "CAST(CASE WHEN \"DateOfBirth\" LIKE '____-%' THEN substr(\"DateOfBirth\", 1, 4) \
+                "TRY_CAST(CASE WHEN \"DateOfBirth\" LIKE '____-%' THEN substr(\"DateOfBirth\", 1, 4) \
                  ELSE right(\"DateOfBirth\", 4) END AS INT)",
                 None,
             ),

@@ -100,6 +100,7 @@ pub fn acute(rng: &mut ChaCha8Rng, pop: &Population, as_of: NaiveDate) -> Organi
             ("POSTCODE", S),
             ("LSOA", S),
             ("IMD_DECILE", I),
+            ("DATA_OPT_OUT", S),
         ],
     );
     let mut spells = Table::new(
@@ -148,6 +149,7 @@ pub fn acute(rng: &mut ChaCha8Rng, pop: &Population, as_of: NaiveDate) -> Organi
             person.postcode.clone().into(),
             area.code.clone().into(),
             area.deprivation_decile.into(),
+            if person.opted_out { "Y" } else { "N" }.into(),
         ]);
         org.records
             .push(("pas_patients", patient_id.clone(), person.id.clone()));

@@ -2,4 +2,5 @@
 //! 127.0.0.1. One test binary with a module per area, to save link time.
 
 mod cli;
+mod node;
 mod support;

@@ -33,3 +33,146 @@ pub fn generate(dir: &Path, people: usize, seed: u64) {
     ]);
     assert!(out.status.success(), "generate failed: {}", stderr(&out));
 }
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Stdio};
+
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use datafusion::arrow::array::RecordBatch;
+use futures::TryStreamExt;
+use tonic::transport::Channel;
+
+/// A `carrow node` process on an ephemeral port; killed on drop.
+pub struct NodeProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub stderr_path: std::path::PathBuf,
+}
+
+impl NodeProcess {
+    /// Starts `carrow node --config CONFIG` listening on 127.0.0.1:0.
+    pub fn start(config: &Path) -> Self {
+        let stderr_path = config.with_extension("stderr.log");
+        let stderr_file = std::fs::File::create(&stderr_path).unwrap();
+        let mut child = carrow()
+            .args(["node", "--config", config.to_str().unwrap()])
+            .env("CARROW_NODE__LISTEN", "127.0.0.1:0")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr_file))
+            .spawn()
+            .expect("carrow node starts");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().expect("node prints its address").unwrap();
+        let addr = first
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap_or_else(|_| panic!("address in {first:?}"));
+        // Keep draining stdout so the node never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self {
+            child,
+            addr,
+            stderr_path,
+        }
+    }
+
+    /// Everything the node logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Flight SQL client logged in to `addr` as `user` with the token in `token_file`.
+pub async fn client(
+    addr: SocketAddr,
+    user: &str,
+    token_file: &Path,
+) -> FlightSqlServiceClient<Channel> {
+    let token = std::fs::read_to_string(token_file).unwrap();
+    try_client(addr, user, token.trim())
+        .await
+        .expect("login succeeds")
+}
+
+/// Logs in with a given token.
+pub async fn try_client(
+    addr: SocketAddr,
+    user: &str,
+    token: &str,
+) -> Result<FlightSqlServiceClient<Channel>, String> {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut client = FlightSqlServiceClient::new(channel);
+    client
+        .handshake(user, token)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(client)
+}
+
+/// Runs `sql` as a plain statement and collects the result.
+pub async fn query(
+    client: &mut FlightSqlServiceClient<Channel>,
+    sql: &str,
+) -> Result<Vec<RecordBatch>, String> {
+    let info = client
+        .execute(sql.to_string(), None)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut batches = Vec::new();
+    for endpoint in info.endpoint {
+        let ticket = endpoint.ticket.expect("endpoint has a ticket");
+        let stream = client.do_get(ticket).await.map_err(|e| e.to_string())?;
+        batches.extend(
+            stream
+                .try_collect::<Vec<_>>()
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    Ok(batches)
+}
+
+/// Rows of `batches` as text cells, sorted, for comparisons.
+pub fn rows(batches: &[RecordBatch]) -> Vec<Vec<String>> {
+    use datafusion::arrow::util::display::array_value_to_string;
+    let mut out = Vec::new();
+    for b in batches {
+        for r in 0..b.num_rows() {
+            out.push(
+                b.columns()
+                    .iter()
+                    .map(|c| array_value_to_string(c, r).unwrap())
+                    .collect(),
+            );
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Runs `sql` in a fresh in-process DataFusion session over `tables` (name, CSV path).
+pub async fn local_query(tables: &[(&str, std::path::PathBuf)], sql: &str) -> Vec<RecordBatch> {
+    use datafusion::prelude::{CsvReadOptions, SessionContext};
+    let ctx = SessionContext::new();
+    for (name, path) in tables {
+        ctx.register_csv(*name, path.to_str().unwrap(), CsvReadOptions::new())
+            .await
+            .unwrap();
+    }
+    ctx.sql(sql).await.unwrap().collect().await.unwrap()
+}

@@ -1,0 +1,230 @@
+//! The boundary: each published table is a plan over local sources that
+//! computes `pid` for the query's project, removes opted-out people, drops
+//! identifier columns and maps local columns to the common model. Queries
+//! reach it only through [`BoundaryTable`], a DataFusion `TableProvider`
+//! that pushes the query's filters, projections and limits beneath the
+//! boundary and records which columns each query read.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::catalog::Session;
+use datafusion::common::{Column, Result, ScalarValue};
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::logical_expr::expr_rewriter::unnormalize_col;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{
+    Expr, LogicalPlan, LogicalPlanBuilder, TableProviderFilterPushDown, cast, col, lit,
+};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::{DataFrame, SessionContext};
+
+use crate::config::{ColumnConfig, IdentifierColumnsConfig, PID_COLUMN, TableConfig};
+use crate::pid::PID_ARGS;
+
+/// A published table for one project: its plan beneath the boundary.
+#[derive(Debug)]
+pub struct PublishedTable {
+    pub name: String,
+    pub personal: bool,
+    pub plan: LogicalPlan,
+    pub schema: SchemaRef,
+}
+
+/// Scalar functions a published plan embeds.
+pub struct BoundaryFunctions {
+    pub pid: Arc<datafusion::logical_expr::ScalarUDF>,
+    pub opted_out: Option<Arc<datafusion::logical_expr::ScalarUDF>>,
+}
+
+fn local(name: &str) -> Expr {
+    Expr::Column(Column::new_unqualified(name))
+}
+
+fn as_text(name: &str) -> Expr {
+    cast(local(name), DataType::Utf8)
+}
+
+/// The local rows of a table: its source, or its SQL over sources.
+async fn local_rows(sources: &SessionContext, table: &TableConfig) -> Result<DataFrame> {
+    match (&table.source, &table.sql) {
+        (Some(source), _) => sources.table(source.as_str()).await,
+        (None, Some(sql)) => sources.sql(sql).await,
+        (None, None) => unreachable!("validated: a table has a source or sql"),
+    }
+}
+
+fn pid_expr(ids: &IdentifierColumnsConfig, functions: &BoundaryFunctions) -> Expr {
+    let arg = |c: &Option<String>| c.as_deref().map_or(lit(ScalarValue::Utf8(None)), as_text);
+    let args = vec![
+        arg(&ids.nhs_number),
+        arg(&ids.family_name),
+        arg(&ids.given_name),
+        arg(&ids.date_of_birth),
+        arg(&ids.sex),
+        arg(&ids.postcode),
+    ];
+    debug_assert_eq!(args.len(), PID_ARGS);
+    functions.pid.call(args).alias(PID_COLUMN)
+}
+
+fn column_expr(df: &DataFrame, column: &ColumnConfig) -> Result<Expr> {
+    let value = match &column.expr {
+        Some(sql) => df.parse_sql_expr(sql)?,
+        None => local(column.from.as_deref().unwrap_or(&column.name)),
+    };
+    let value = match column.data_type {
+        Some(t) => cast(value, sql_type(t)),
+        None => value,
+    };
+    Ok(value.alias(&column.name))
+}
+
+fn sql_type(t: crate::config::ColumnType) -> DataType {
+    use crate::config::ColumnType::*;
+    match t {
+        String => DataType::Utf8,
+        Int32 => DataType::Int32,
+        Int64 => DataType::Int64,
+        Float64 => DataType::Float64,
+        Boolean => DataType::Boolean,
+        Date => DataType::Date32,
+        Timestamp => DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Microsecond, None),
+    }
+}
+
+impl PublishedTable {
+    /// Builds the plan of `table` over `sources` with the project's functions.
+    pub async fn build(
+        sources: &SessionContext,
+        table: &TableConfig,
+        functions: &BoundaryFunctions,
+    ) -> Result<Self> {
+        let mut df = local_rows(sources, table).await?;
+        // Opt-outs first, so nothing above the boundary ever sees those rows.
+        if let Some(rule) = &table.opt_out {
+            let values: Vec<Expr> = rule.values.iter().map(|v| lit(v.as_str())).collect();
+            let column = as_text(&rule.column);
+            df = df.filter(column.clone().is_null().or(column.in_list(values, true)))?;
+        }
+        if let (Some(nhs), Some(opted_out)) = (&table.identifiers.nhs_number, &functions.opted_out)
+        {
+            df = df.filter(datafusion::logical_expr::not(
+                opted_out.call(vec![as_text(nhs)]),
+            ))?;
+        }
+        let mut exprs = Vec::new();
+        if table.personal {
+            exprs.push(pid_expr(&table.identifiers, functions));
+        }
+        for column in &table.columns {
+            exprs.push(column_expr(&df, column)?);
+        }
+        let df = df.select(exprs)?;
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        Ok(Self {
+            name: table.name.clone(),
+            personal: table.personal,
+            plan: df.into_unoptimized_plan(),
+            schema,
+        })
+    }
+}
+
+/// The columns one query read from each published table.
+#[derive(Debug, Default)]
+pub struct AccessRecorder(Mutex<HashMap<String, Vec<String>>>);
+
+impl AccessRecorder {
+    fn record(&self, table: &str, columns: Vec<String>) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = map.entry(table.to_string()).or_default();
+        for c in columns {
+            if !entry.contains(&c) {
+                entry.push(c);
+            }
+        }
+    }
+
+    /// Tables and columns read so far, sorted.
+    pub fn snapshot(&self) -> Vec<(String, Vec<String>)> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<_> = map.iter().map(|(t, c)| (t.clone(), c.clone())).collect();
+        out.sort();
+        out
+    }
+}
+
+/// A published table as one query sees it.
+#[derive(Debug)]
+pub struct BoundaryTable {
+    published: Arc<PublishedTable>,
+    schema: SchemaRef,
+    recorder: Arc<AccessRecorder>,
+}
+
+impl BoundaryTable {
+    /// The query's view of `published`, recording what it reads in `recorder`.
+    pub fn new(published: Arc<PublishedTable>, recorder: Arc<AccessRecorder>) -> Self {
+        let schema = published.schema.clone();
+        Self {
+            published,
+            schema,
+            recorder,
+        }
+    }
+}
+
+#[async_trait]
+impl TableProvider for BoundaryTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        // The query's filters go above the opt-out filter, beneath the
+        // projection; the optimizer pushes them on into the source.
+        let mut builder = LogicalPlanBuilder::from(self.published.plan.clone());
+        let filters: Vec<Expr> = filters.iter().cloned().map(unnormalize_col).collect();
+        if let Some(predicate) = conjunction(filters) {
+            builder = builder.filter(predicate)?;
+        }
+        let names: Vec<String> = match projection {
+            Some(indices) => indices
+                .iter()
+                .map(|i| self.schema.field(*i).name().clone())
+                .collect(),
+            None => self
+                .schema
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect(),
+        };
+        builder = builder.project(names.iter().map(|n| col(Column::new_unqualified(n))))?;
+        if let Some(n) = limit {
+            builder = builder.limit(0, Some(n))?;
+        }
+        self.recorder.record(&self.published.name, names);
+        state.create_physical_plan(&builder.build()?).await
+    }
+}

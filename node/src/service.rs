@@ -1,0 +1,402 @@
+//! The node as a Flight SQL backend: builds the boundary at start, gives
+//! each statement a session holding only the published tables of its
+//! project, and appends every fragment to the node's audit log.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use carrow_governance::AuditLog;
+use carrow_linkage::{LinkageSecret, Tokeniser};
+use carrow_sql::{Backend, Caller, QueryError, QueryScope, Released, RequestMeta, Stage};
+use datafusion::arrow::array::Array;
+use datafusion::arrow::util::display::array_value_to_string;
+use datafusion::error::DataFusionError;
+use datafusion::execution::context::SessionConfig;
+use datafusion::prelude::SessionContext;
+use serde_json::json;
+
+use crate::NodeError;
+use crate::config::{Freshness, NodeConfig, TableConfig};
+use crate::pid::{OptOutList, OptedOutFunction, PidFunction};
+use crate::policy::{self, Names};
+use crate::publish::{AccessRecorder, BoundaryFunctions, BoundaryTable, PublishedTable};
+use crate::sources;
+
+/// Catalog name of published tables; the schema is the node's name.
+pub const CATALOG: &str = "carrow";
+
+/// The node's state, built once at start.
+pub struct NodeState {
+    config: NodeConfig,
+    audit: AuditLog,
+    /// Published tables per project.
+    projects: HashMap<String, Vec<Arc<PublishedTable>>>,
+    /// Schema metadata per table: freshness, personal.
+    metadata: HashMap<String, HashMap<String, String>>,
+    names: Names,
+}
+
+impl std::fmt::Debug for NodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeState")
+            .field("node", &self.config.name)
+            .finish()
+    }
+}
+
+impl NodeState {
+    /// Loads the secret, opens the audit log, registers sources and builds
+    /// every published table for every project. A source that cannot be read
+    /// makes its tables unavailable (reported by name) without stopping the node.
+    pub async fn build(config: NodeConfig) -> Result<Self, NodeError> {
+        let secret = LinkageSecret::load(&config.linkage_secret_file)?;
+        let audit = AuditLog::open(&config.audit_log)?;
+        let opt_outs = load_opt_outs(&config)?;
+
+        let source_session = SessionContext::new();
+        let mut broken_sources: HashMap<String, String> = HashMap::new();
+        for (name, source) in &config.sources {
+            if let Err(reason) = sources::register(&source_session, name, source).await {
+                tracing::error!(node = %config.name, source = %name, %reason, "source unavailable");
+                broken_sources.insert(name.clone(), reason);
+            }
+        }
+
+        let mut projects: HashMap<String, Vec<Arc<PublishedTable>>> = HashMap::new();
+        let mut unavailable: Vec<(String, String)> = Vec::new();
+        for project in &config.projects {
+            let functions = BoundaryFunctions {
+                pid: PidFunction::udf(Arc::new(Tokeniser::new(&secret, project))),
+                opted_out: opt_outs.clone().map(OptedOutFunction::udf),
+            };
+            let mut tables = Vec::new();
+            for table in &config.tables {
+                if unavailable.iter().any(|(t, _)| *t == table.name) {
+                    continue;
+                }
+                if let Some(reason) = table.source.as_ref().and_then(|s| broken_sources.get(s)) {
+                    unavailable.push((
+                        table.name.clone(),
+                        format!(
+                            "source {} failed: {reason}",
+                            table.source.as_deref().unwrap_or("")
+                        ),
+                    ));
+                    continue;
+                }
+                match PublishedTable::build(&source_session, table, &functions).await {
+                    Ok(published) => tables.push(Arc::new(published)),
+                    Err(e) => {
+                        let reason = format!("cannot build it from its sources: {}", e.find_root());
+                        tracing::error!(node = %config.name, table = %table.name, %reason, "table unavailable");
+                        unavailable.push((table.name.clone(), reason));
+                    }
+                }
+            }
+            projects.insert(project.clone(), tables);
+        }
+
+        let published: BTreeSet<String> = projects
+            .values()
+            .flatten()
+            .map(|t| t.name.clone())
+            .collect();
+        let mut metadata = HashMap::new();
+        if let Some(tables) = projects.get(&config.default_project) {
+            for published in tables {
+                let table = config
+                    .tables
+                    .iter()
+                    .find(|t| t.name == published.name)
+                    .expect("built from config");
+                let freshness = freshness(&config, table, published).await;
+                let mut m = HashMap::new();
+                m.insert(
+                    "carrow.personal".to_string(),
+                    published.personal.to_string(),
+                );
+                if let Some(f) = freshness {
+                    m.insert("carrow.freshness".to_string(), f);
+                }
+                metadata.insert(published.name.clone(), m);
+            }
+        }
+        tracing::info!(
+            node = %config.name,
+            published = ?published,
+            unavailable = ?unavailable.iter().map(|(t, _)| t).collect::<Vec<_>>(),
+            opt_outs = opt_outs.as_ref().map_or(0, |l| l.len()),
+            "node ready"
+        );
+        let names = Names::new(&config, published, unavailable);
+        Ok(Self {
+            config,
+            audit,
+            projects,
+            metadata,
+            names,
+        })
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Published table names.
+    pub fn published(&self) -> &BTreeSet<String> {
+        &self.names.published
+    }
+
+    /// Tables that could not be published, with the reason.
+    pub fn unavailable(&self) -> &[(String, String)] {
+        &self.names.unavailable
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    fn session(
+        &self,
+        project: &str,
+        recorder: &Arc<AccessRecorder>,
+    ) -> Result<SessionContext, QueryError> {
+        let config = SessionConfig::new()
+            .with_default_catalog_and_schema(CATALOG, &self.config.name)
+            .with_create_default_catalog_and_schema(true)
+            .with_information_schema(false);
+        let session = SessionContext::new_with_config(config);
+        for table in self.projects.get(project).into_iter().flatten() {
+            let provider = BoundaryTable::new(table.clone(), recorder.clone());
+            session
+                .register_table(table.name.as_str(), Arc::new(provider))
+                .map_err(|e| QueryError::Internal(format!("registering {}: {e}", table.name)))?;
+        }
+        Ok(session)
+    }
+
+    fn record(&self, body: serde_json::Value) -> Option<String> {
+        match self.audit.append(body) {
+            Ok(head) => Some(head),
+            Err(e) => {
+                tracing::error!(node = %self.config.name, error = %e, "cannot append to the audit log");
+                None
+            }
+        }
+    }
+}
+
+fn load_opt_outs(config: &NodeConfig) -> Result<Option<Arc<OptOutList>>, NodeError> {
+    let Some(path) = &config.opt_out_list else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| NodeError::OptOutList(format!("cannot read {}: {e}", path.display())))?;
+    let (list, invalid) = OptOutList::parse(&text);
+    if !invalid.is_empty() {
+        // The values are identifiers: report line numbers only.
+        tracing::warn!(node = %config.name, file = %path.display(), lines = ?invalid, "opt-out list entries that are not valid NHS numbers were ignored");
+    }
+    Ok(Some(Arc::new(list)))
+}
+
+async fn freshness(
+    config: &NodeConfig,
+    table: &TableConfig,
+    published: &Arc<PublishedTable>,
+) -> Option<String> {
+    match table.freshness.as_ref()? {
+        Freshness {
+            as_of: Some(date), ..
+        } => Some(date.clone()),
+        Freshness {
+            file_time: true, ..
+        } => {
+            let sources: Vec<_> = match &table.source {
+                Some(s) => config.sources.get(s).into_iter().collect(),
+                None => config.sources.values().collect(),
+            };
+            let newest = sources.into_iter().filter_map(sources::modified).max()?;
+            Some(
+                chrono::DateTime::<chrono::Utc>::from(newest)
+                    .format("%Y-%m-%d")
+                    .to_string(),
+            )
+        }
+        Freshness {
+            column: Some(column),
+            ..
+        } => {
+            let session = SessionContext::new();
+            let boundary =
+                BoundaryTable::new(published.clone(), Arc::new(AccessRecorder::default()));
+            let df = session.read_table(Arc::new(boundary)).ok()?;
+            let df = df
+                .aggregate(
+                    vec![],
+                    vec![datafusion::functions_aggregate::expr_fn::max(
+                        datafusion::prelude::col(column.as_str()),
+                    )],
+                )
+                .ok()?;
+            let batches = df.collect().await.ok()?;
+            let array = batches.first()?.column(0).clone();
+            (array.len() == 1 && array.is_valid(0))
+                .then(|| array_value_to_string(&array, 0).ok())
+                .flatten()
+        }
+        _ => None,
+    }
+}
+
+/// The node's Flight SQL backend.
+pub struct NodeBackend {
+    state: Arc<NodeState>,
+}
+
+impl NodeBackend {
+    /// A backend over a built node state.
+    pub fn new(state: Arc<NodeState>) -> Self {
+        Self { state }
+    }
+}
+
+#[tonic::async_trait]
+impl Backend for NodeBackend {
+    fn authenticate(&self, user: &str, secret: &str) -> Result<Caller, QueryError> {
+        let result = policy::authenticate(&self.state.config, user, secret);
+        match result {
+            Ok(client) => Ok(Caller {
+                user: client.name.clone(),
+                role: format!("{:?}", client.role).to_lowercase(),
+            }),
+            Err(e) => {
+                tracing::warn!(node = %self.state.config.name, user = %user, "refused login");
+                Err(e)
+            }
+        }
+    }
+
+    async fn scope(
+        &self,
+        caller: &Caller,
+        meta: &RequestMeta,
+        sql: &str,
+    ) -> Result<Arc<dyn QueryScope>, QueryError> {
+        let state = &self.state;
+        let query_id = random_query_id();
+        let client = state
+            .config
+            .clients
+            .iter()
+            .find(|c| c.name == caller.user)
+            .ok_or_else(|| {
+                QueryError::Unauthenticated(format!("unknown caller {:?}", caller.user))
+            })?;
+        let project = match policy::resolve_project(&state.config, client, meta.project.as_deref())
+        {
+            Ok(p) => p,
+            Err(e) => {
+                state.record(json!({
+                    "query_id": query_id,
+                    "upstream_query_id": meta.upstream_query_id,
+                    "caller": caller.user,
+                    "role": caller.role,
+                    "project": meta.project,
+                    "sql": sql,
+                    "outcome": e.outcome(),
+                    "error": e.to_string(),
+                }));
+                return Err(e);
+            }
+        };
+        let recorder = Arc::new(AccessRecorder::default());
+        let session = state.session(&project, &recorder)?;
+        Ok(Arc::new(NodeScope {
+            state: state.clone(),
+            session,
+            query_id,
+            caller: caller.clone(),
+            project,
+            upstream_query_id: meta.upstream_query_id.clone(),
+            recorder,
+        }))
+    }
+
+    fn server_name(&self) -> String {
+        format!("carrow node {}", self.state.config.name)
+    }
+}
+
+fn random_query_id() -> String {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("the operating system provides randomness");
+    format!("n-{}", hex::encode(bytes))
+}
+
+struct NodeScope {
+    state: Arc<NodeState>,
+    session: SessionContext,
+    query_id: String,
+    caller: Caller,
+    project: String,
+    upstream_query_id: Option<String>,
+    recorder: Arc<AccessRecorder>,
+}
+
+impl QueryScope for NodeScope {
+    fn session(&self) -> &SessionContext {
+        &self.session
+    }
+
+    fn query_id(&self) -> &str {
+        &self.query_id
+    }
+
+    fn explain_failure(&self, err: DataFusionError, stage: Stage) -> QueryError {
+        self.state
+            .names
+            .explain(&self.state.config.name, err, stage)
+    }
+
+    fn table_metadata(&self, table: &str) -> HashMap<String, String> {
+        self.state.metadata.get(table).cloned().unwrap_or_default()
+    }
+
+    fn finish(&self, sql: &str, outcome: Result<Released, &QueryError>) -> Option<String> {
+        let tables: Vec<_> = self
+            .recorder
+            .snapshot()
+            .into_iter()
+            .map(|(table, columns)| json!({ "table": table, "columns": columns }))
+            .collect();
+        let (status, rows, bytes, error) = match outcome {
+            Ok(r) => ("ok", r.rows, r.bytes, None),
+            Err(e) => (e.outcome(), 0, 0, Some(e.to_string())),
+        };
+        tracing::info!(
+            node = %self.state.config.name,
+            query_id = %self.query_id,
+            caller = %self.caller.user,
+            project = %self.project,
+            outcome = status,
+            rows,
+            "fragment"
+        );
+        self.state.record(json!({
+            "query_id": self.query_id,
+            "upstream_query_id": self.upstream_query_id,
+            "caller": self.caller.user,
+            "role": self.caller.role,
+            "project": self.project,
+            "sql": sql,
+            "tables": tables,
+            "rows": rows,
+            "bytes": bytes,
+            "outcome": status,
+            "error": error,
+        }))
+    }
+}

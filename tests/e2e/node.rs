@@ -1,0 +1,599 @@
+//! Real nodes on 127.0.0.1 over the generated organisations, queried with a
+//! real Flight SQL client: results, the pseudonymisation boundary, opt-outs,
+//! refusals and the audit log.
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use arrow_flight::sql::CommandGetTables;
+use carrow_linkage::{LinkageSecret, Tokeniser};
+use datafusion::arrow::array::{Array, FixedSizeBinaryArray};
+use datafusion::arrow::datatypes::DataType;
+use futures::TryStreamExt;
+
+use crate::support::{
+    NodeProcess, client, generate, local_query, query, rows, run, stderr, try_client,
+};
+
+/// A generated region with one node running per organisation.
+struct Region {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    acute: NodeProcess,
+    gp: NodeProcess,
+    council: NodeProcess,
+}
+
+impl Region {
+    fn start(people: usize, seed: u64) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        generate(&root, people, seed);
+        let start = |org: &str| NodeProcess::start(&root.join(org).join("node.toml"));
+        Region {
+            acute: start("acute"),
+            gp: start("gp"),
+            council: start("council"),
+            root,
+            _dir: dir,
+        }
+    }
+
+    fn node(&self, org: &str) -> &NodeProcess {
+        match org {
+            "acute" => &self.acute,
+            "gp" => &self.gp,
+            _ => &self.council,
+        }
+    }
+
+    async fn operator(
+        &self,
+        org: &str,
+    ) -> arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel> {
+        client(
+            self.node(org).addr,
+            "operator",
+            &self.secret(&format!("operator-{org}.token")),
+        )
+        .await
+    }
+
+    async fn coordinator(
+        &self,
+        org: &str,
+    ) -> arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel> {
+        client(
+            self.node(org).addr,
+            "coordinator",
+            &self.secret(&format!("coordinator-{org}.token")),
+        )
+        .await
+    }
+
+    fn secret(&self, name: &str) -> PathBuf {
+        self.root.join("secrets").join(name)
+    }
+
+    fn truth(&self, file: &str) -> PathBuf {
+        self.root.join("ground-truth").join(file)
+    }
+
+    fn tokeniser(&self, project: &str) -> Tokeniser {
+        Tokeniser::new(
+            &LinkageSecret::load(&self.secret("linkage.key")).unwrap(),
+            project,
+        )
+    }
+
+    /// (NHS number, postcode, opted out) of every person.
+    fn people(&self) -> Vec<(String, String, bool)> {
+        let text = fs::read_to_string(self.truth("people.csv")).unwrap();
+        text.lines()
+            .skip(1)
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                (f[1].to_string(), f[6].to_string(), f[9] == "true")
+            })
+            .collect()
+    }
+}
+
+fn single_count(batches: &[datafusion::arrow::array::RecordBatch]) -> String {
+    let r = rows(batches);
+    assert_eq!(r.len(), 1, "{r:?}");
+    r[0][0].clone()
+}
+
+fn pids(batches: &[datafusion::arrow::array::RecordBatch]) -> HashSet<Vec<u8>> {
+    let mut out = HashSet::new();
+    for b in batches {
+        let column = b.column_by_name("pid").expect("pid column");
+        let array = column
+            .as_any()
+            .downcast_ref::<FixedSizeBinaryArray>()
+            .expect("pid is FixedSizeBinary(16)");
+        for i in 0..array.len() {
+            if array.is_valid(i) {
+                out.insert(array.value(i).to_vec());
+            }
+        }
+    }
+    out
+}
+
+/// The ground truth joined to an organisation's local table, without
+/// opted-out people: the answer a node must give.
+async fn expected(
+    region: &Region,
+    org: &str,
+    local_table: &str,
+    id_column: &str,
+    select: &str,
+) -> Vec<Vec<String>> {
+    let tables = [
+        (
+            "t",
+            region.root.join(org).join(format!("{local_table}.csv")),
+        ),
+        ("records", region.truth("records.csv")),
+        ("people", region.truth("people.csv")),
+    ];
+    let sql = format!(
+        "SELECT {select} FROM t JOIN records r ON r.organisation = '{org}' AND r.\"table\" = '{local_table}' \
+         AND r.record_id = CAST(t.\"{id_column}\" AS VARCHAR) JOIN people p ON p.person_id = r.person_id \
+         WHERE NOT p.opted_out GROUP BY 1"
+    );
+    rows(&local_query(&tables, &sql).await)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn published_results_equal_the_files_without_opted_out_people() {
+    let region = Region::start(3_000, 11);
+    let mut council = region.operator("council").await;
+    let got = rows(
+        &query(
+            &mut council,
+            "SELECT area_code, count(*) FROM clients GROUP BY area_code",
+        )
+        .await
+        .unwrap(),
+    );
+    let want = expected(
+        &region,
+        "council",
+        "clients",
+        "ClientID",
+        "t.\"AreaCode\", count(*)",
+    )
+    .await;
+    assert!(!want.is_empty());
+    assert_eq!(got, want);
+
+    let mut acute = region.operator("acute").await;
+    let got = rows(
+        &query(
+            &mut acute,
+            "SELECT admission_method, count(*) FROM admissions GROUP BY 1",
+        )
+        .await
+        .unwrap(),
+    );
+    let want = expected(
+        &region,
+        "acute",
+        "apc_spells",
+        "SPELL_ID",
+        "CASE t.\"ADMISSION_METHOD\" WHEN 21 THEN 'emergency' ELSE 'elective' END, count(*)",
+    )
+    .await;
+    assert_eq!(got, want);
+
+    let mut gp = region.operator("gp").await;
+    let got = rows(
+        &query(
+            &mut gp,
+            "SELECT sex, count(*) FROM registrations GROUP BY sex",
+        )
+        .await
+        .unwrap(),
+    );
+    let want = expected(&region, "gp", "patients", "patient_guid", "t.sex, count(*)").await;
+    assert_eq!(got, want);
+
+    // Non-personal reference data is published whole.
+    let got = single_count(
+        &query(&mut council, "SELECT count(*) FROM areas")
+            .await
+            .unwrap(),
+    );
+    let areas = fs::read_to_string(region.root.join("council/areas.csv"))
+        .unwrap()
+        .lines()
+        .count()
+        - 1;
+    assert_eq!(got, areas.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pid_is_the_projects_token_and_no_identifier_or_opted_out_person_leaves() {
+    let region = Region::start(3_000, 12);
+    let people = region.people();
+    let demo = region.tokeniser("demo");
+    let mut everything = String::new();
+    let mut released_pids = HashSet::new();
+    for (org, tables) in [
+        ("acute", vec!["admissions"]),
+        ("gp", vec!["registrations", "conditions"]),
+        ("council", vec!["clients", "care_packages", "areas"]),
+    ] {
+        let mut c = region.operator(org).await;
+        for table in tables {
+            let batches = query(&mut c, &format!("SELECT * FROM {table}"))
+                .await
+                .unwrap();
+            let schema = batches[0].schema();
+            for field in schema.fields() {
+                assert!(
+                    !matches!(field.data_type(), DataType::Utf8View | DataType::LargeUtf8),
+                    "{table}.{} is {}",
+                    field.name(),
+                    field.data_type()
+                );
+                assert!(
+                    ![
+                        "nhs_number",
+                        "NHS_NO",
+                        "NHSNumber",
+                        "surname",
+                        "SURNAME",
+                        "LastName",
+                        "postcode",
+                        "POSTCODE",
+                        "Postcode"
+                    ]
+                    .contains(&field.name().as_str()),
+                    "identifier column {} published",
+                    field.name()
+                );
+            }
+            if table != "areas" {
+                released_pids.extend(pids(&batches));
+            }
+            everything.push_str(&format!("{:?}", rows(&batches)));
+        }
+    }
+    // The gp publishes every registered person who did not opt out, keyed by
+    // their NHS number for project "demo".
+    let mut opted_out_tokens = HashSet::new();
+    for (nhs, _, opted_out) in &people {
+        let nhs: [u8; 10] = nhs.as_bytes().try_into().unwrap();
+        let token = demo.nhs_number_token(&nhs).to_vec();
+        if *opted_out {
+            opted_out_tokens.insert(token);
+        } else {
+            assert!(
+                released_pids.contains(&token),
+                "a registered person is missing from gp.registrations"
+            );
+        }
+    }
+    assert!(!opted_out_tokens.is_empty());
+    assert!(
+        released_pids.is_disjoint(&opted_out_tokens),
+        "an opted-out person was released"
+    );
+    // Another project's pseudonyms differ, so they cannot be joined.
+    let other = region.tokeniser("other");
+    let nhs: [u8; 10] = people[0].0.as_bytes().try_into().unwrap();
+    assert_ne!(other.nhs_number_token(&nhs), demo.nhs_number_token(&nhs));
+
+    // No raw identifier in results, errors, node logs or audit logs.
+    let mut c = region.operator("acute").await;
+    let error = query(&mut c, "SELECT \"NHS_NO\" FROM admissions")
+        .await
+        .unwrap_err();
+    everything.push_str(&error);
+    for org in ["acute", "gp", "council"] {
+        everything.push_str(&region.node(org).log());
+        everything
+            .push_str(&fs::read_to_string(region.root.join(org).join("audit.jsonl")).unwrap());
+    }
+    for (nhs, postcode, _) in &people {
+        assert!(!everything.contains(nhs.as_str()), "an NHS number leaked");
+        assert!(!everything.contains(postcode.as_str()), "a postcode leaked");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn opt_outs_hold_whatever_the_query() {
+    let region = Region::start(2_000, 13);
+    let mut gp = region.operator("gp").await;
+    let people = region.people();
+    let kept = people.iter().filter(|p| !p.2).count().to_string();
+    for sql in [
+        "SELECT count(*) FROM registrations",
+        "SELECT count(DISTINCT pid) FROM registrations",
+        "SELECT count(*) FROM (SELECT pid FROM registrations UNION ALL SELECT pid FROM registrations WHERE false)",
+        "SELECT count(*) FROM registrations r1 JOIN registrations r2 ON r1.pid = r2.pid",
+        "SELECT count(*) FROM registrations WHERE pid IN (SELECT pid FROM registrations)",
+        "SELECT max(n) FROM (SELECT row_number() OVER (ORDER BY birth_year, sex) AS n FROM registrations)",
+        "SELECT sum(n) FROM (SELECT count(*) OVER (PARTITION BY pid) AS n FROM registrations)",
+        "SELECT count(*) FROM registrations WHERE sex = 'F' OR sex = 'M' OR sex IS NULL",
+    ] {
+        let got = single_count(
+            &query(&mut gp, sql)
+                .await
+                .unwrap_or_else(|e| panic!("{e}\n{}", region.gp.log())),
+        );
+        assert_eq!(got, kept, "{sql}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_refusal_names_its_rule() {
+    let region = Region::start(500, 14);
+    let addr = region.acute.addr;
+
+    let err = try_client(addr, "coordinator", "not-the-token")
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("known callers") && !err.contains("not-the-token"),
+        "{err}"
+    );
+    let err = try_client(addr, "stranger", "x").await.unwrap_err();
+    assert!(err.contains("known callers"), "{err}");
+
+    let mut c = region.operator("acute").await;
+    for (sql, rule, detail) in [
+        (
+            "SELECT \"LSOA\" FROM admissions",
+            "published columns",
+            "LSOA",
+        ),
+        (
+            "SELECT discharge_date, ward FROM admissions",
+            "published columns",
+            "ward",
+        ),
+        (
+            "SELECT \"NHS_NO\" FROM admissions",
+            "identifiers never published",
+            "NHS_NO",
+        ),
+        (
+            "SELECT count(*) FROM pas_patients",
+            "published tables",
+            "pas_patients is a local table",
+        ),
+        (
+            "SELECT * FROM theatre_lists",
+            "published tables",
+            "publishes no table theatre_lists",
+        ),
+        (
+            "INSERT INTO admissions VALUES (1)",
+            "read-only SELECT only",
+            "INSERT",
+        ),
+        ("DELETE FROM admissions", "read-only SELECT only", "DELETE"),
+        (
+            "DROP TABLE admissions",
+            "read-only SELECT only",
+            "DROP TABLE",
+        ),
+        (
+            "COPY admissions TO '/tmp/x.csv'",
+            "read-only SELECT only",
+            "COPY",
+        ),
+        (
+            "SET datafusion.execution.batch_size = 1",
+            "read-only SELECT only",
+            "SET",
+        ),
+        (
+            "SELECT * FROM read_csv('/etc/passwd')",
+            "no table functions",
+            "read_csv",
+        ),
+    ] {
+        let err = query(&mut c, sql).await.unwrap_err();
+        assert!(
+            err.contains(&format!("`{rule}`")) && err.contains(detail),
+            "{sql}: {err}"
+        );
+    }
+
+    let mut coordinator = region.coordinator("acute").await;
+    coordinator.set_header("x-carrow-project", "another_project");
+    let err = query(&mut coordinator, "SELECT count(*) FROM admissions")
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("`projects served`") && err.contains("another_project"),
+        "{err}"
+    );
+    // The same caller with the node's project is served.
+    coordinator.set_header("x-carrow-project", "demo");
+    query(&mut coordinator, "SELECT count(*) FROM admissions")
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prepared_statements_bind_parameters_and_catalog_schemas_match_streams() {
+    use datafusion::arrow::array::{Int64Array, RecordBatch};
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use std::sync::Arc;
+
+    let region = Region::start(2_000, 15);
+    let mut c = region.operator("council").await;
+    let direct = single_count(
+        &query(
+            &mut c,
+            "SELECT count(*) FROM clients WHERE deprivation_decile = 3",
+        )
+        .await
+        .unwrap(),
+    );
+
+    let mut prepared = c
+        .prepare(
+            "SELECT count(*) FROM clients WHERE deprivation_decile = $1".into(),
+            None,
+        )
+        .await
+        .unwrap();
+    let params = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("$1", DataType::Int64, true)])),
+        vec![Arc::new(Int64Array::from(vec![3]))],
+    )
+    .unwrap();
+    prepared.set_parameters(params).unwrap();
+    let info = prepared.execute().await.unwrap();
+    let mut batches = Vec::new();
+    for endpoint in info.endpoint {
+        batches.extend(
+            c.do_get(endpoint.ticket.unwrap())
+                .await
+                .unwrap()
+                .try_collect::<Vec<_>>()
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(single_count(&batches), direct);
+
+    // Catalog calls list the published tables; each table's schema there
+    // equals the FlightInfo schema and the streamed schema.
+    let info = c
+        .get_tables(CommandGetTables {
+            include_schema: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let listing = c
+        .do_get(info.endpoint[0].ticket.clone().unwrap())
+        .await
+        .unwrap()
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
+    let listed = rows(&listing);
+    let names: Vec<&str> = listed.iter().map(|r| r[2].as_str()).collect();
+    assert_eq!(names, vec!["areas", "care_packages", "clients"]);
+    for table in ["areas", "care_packages", "clients"] {
+        let info = c
+            .execute(format!("SELECT * FROM {table}"), None)
+            .await
+            .unwrap();
+        let announced = info.clone().try_decode_schema().unwrap();
+        let streamed = c
+            .do_get(info.endpoint[0].ticket.clone().unwrap())
+            .await
+            .unwrap()
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap();
+        let fields = |s: &Schema| {
+            s.fields()
+                .iter()
+                .map(|f| (f.name().clone(), f.data_type().clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(fields(&announced), fields(&streamed[0].schema()), "{table}");
+    }
+
+    // A ticket cannot be forged: an unknown handle is refused.
+    let forged = arrow_flight::sql::TicketStatementQuery {
+        statement_handle: "00112233445566778899aabbccddeeff".into(),
+    };
+    use arrow_flight::sql::ProstMessageExt;
+    use prost::Message;
+    let ticket = arrow_flight::Ticket::new(forged.as_any().encode_to_vec());
+    let err = match c.do_get(ticket).await {
+        Ok(stream) => stream
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap_err()
+            .to_string(),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("unknown or expired statement handle"), "{err}");
+}
+
+fn audit_lines(path: &Path) -> Vec<String> {
+    fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_audit_log_records_every_fragment_and_shows_tampering() {
+    let region = Region::start(500, 16);
+    let mut c = region.coordinator("council").await;
+    c.set_header("x-carrow-project", "demo");
+    query(&mut c, "SELECT sex, count(*) FROM clients GROUP BY sex")
+        .await
+        .unwrap();
+    query(&mut c, "SELECT \"LastName\" FROM clients")
+        .await
+        .unwrap_err();
+    query(&mut c, "SELECT area_name FROM areas LIMIT 3")
+        .await
+        .unwrap();
+    let log = region.root.join("council/audit.jsonl");
+    let lines = audit_lines(&log);
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    let first: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(first["body"]["outcome"], "ok");
+    assert_eq!(first["body"]["caller"], "coordinator");
+    assert_eq!(first["body"]["project"], "demo");
+    assert_eq!(first["body"]["tables"][0]["table"], "clients");
+    assert_eq!(
+        first["body"]["tables"][0]["columns"],
+        serde_json::json!(["sex"])
+    );
+    assert_eq!(first["body"]["rows"], 2);
+    let second: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+    assert_eq!(second["body"]["outcome"], "refused");
+    assert!(
+        second["body"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("identifiers never published")
+    );
+
+    let verify = |path: &Path| run(&["audit", "verify", path.to_str().unwrap()]);
+    let ok = verify(&log);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("3 records"));
+
+    let tampered = region.root.join("tampered.jsonl");
+    let mut edited = lines.clone();
+    edited[0] = edited[0].replace("\"rows\":2", "\"rows\":20");
+    fs::write(&tampered, edited.join("\n") + "\n").unwrap();
+    let err = stderr(&verify(&tampered));
+    assert!(
+        err.contains("line 1 (record 1)") && err.contains("edited"),
+        "{err}"
+    );
+
+    let mut deleted = lines.clone();
+    deleted.remove(1);
+    fs::write(&tampered, deleted.join("\n") + "\n").unwrap();
+    let err = stderr(&verify(&tampered));
+    assert!(err.contains("line 2 (record 3)"), "{err}");
+
+    let mut reordered = lines.clone();
+    reordered.swap(0, 1);
+    fs::write(&tampered, reordered.join("\n") + "\n").unwrap();
+    let err = stderr(&verify(&tampered));
+    assert!(err.contains("line 1 (record 2)"), "{err}");
+}
