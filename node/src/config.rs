@@ -112,6 +112,13 @@ pub struct PostgresSource {
     pub password_env: Option<String>,
     /// The table to read, optionally schema-qualified.
     pub table: String,
+    /// TLS mode: disable, prefer, require, verify-ca or verify-full.
+    #[serde(default = "default_sslmode")]
+    pub sslmode: String,
+}
+
+fn default_sslmode() -> String {
+    "prefer".to_string()
 }
 
 fn default_pg_port() -> u16 {

@@ -32,7 +32,9 @@ pub struct PidFunction {
 impl PidFunction {
     /// The function for `tokeniser`'s project, as a UDF.
     pub fn udf(tokeniser: Arc<Tokeniser>) -> Arc<ScalarUDF> {
-        let signature = Signature::exact(vec![DataType::Utf8; PID_ARGS], Volatility::Immutable);
+        // Volatile so that no filter over it is pushed into a source (a
+        // PostgreSQL source would be sent a function it does not have).
+        let signature = Signature::exact(vec![DataType::Utf8; PID_ARGS], Volatility::Volatile);
         Arc::new(ScalarUDF::from(Self {
             tokeniser,
             signature,
@@ -134,7 +136,8 @@ pub struct OptedOutFunction {
 impl OptedOutFunction {
     /// The function over `list`, as a UDF.
     pub fn udf(list: Arc<OptOutList>) -> Arc<ScalarUDF> {
-        let signature = Signature::exact(vec![DataType::Utf8], Volatility::Immutable);
+        // Volatile for the same reason as `carrow_pid`: it runs in the node.
+        let signature = Signature::exact(vec![DataType::Utf8], Volatility::Volatile);
         Arc::new(ScalarUDF::from(Self { list, signature }))
     }
 }

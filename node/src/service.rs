@@ -74,13 +74,10 @@ impl NodeState {
                 if unavailable.iter().any(|(t, _)| *t == table.name) {
                     continue;
                 }
-                if let Some(reason) = table.source.as_ref().and_then(|s| broken_sources.get(s)) {
+                if let Some((source, reason)) = broken_source_of(table, &broken_sources) {
                     unavailable.push((
                         table.name.clone(),
-                        format!(
-                            "source {} failed: {reason}",
-                            table.source.as_deref().unwrap_or("")
-                        ),
+                        format!("source {source} failed: {reason}"),
                     ));
                     continue;
                 }
@@ -186,6 +183,24 @@ impl NodeState {
             }
         }
     }
+}
+
+/// The first unreadable source a table reads, by its `source` or as a word of its `sql`.
+fn broken_source_of<'a>(
+    table: &TableConfig,
+    broken: &'a HashMap<String, String>,
+) -> Option<(&'a str, &'a str)> {
+    let reads = |name: &str| match (&table.source, &table.sql) {
+        (Some(source), _) => source == name,
+        (None, Some(sql)) => sql
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .any(|word| word.eq_ignore_ascii_case(name)),
+        (None, None) => false,
+    };
+    broken
+        .iter()
+        .find(|(name, _)| reads(name))
+        .map(|(n, r)| (n.as_str(), r.as_str()))
 }
 
 fn load_opt_outs(config: &NodeConfig) -> Result<Option<Arc<OptOutList>>, NodeError> {

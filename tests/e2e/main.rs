@@ -1,6 +1,9 @@
 //! End-to-end tests: the real `carrow` binary, real files, real servers on
 //! 127.0.0.1. One test binary with a module per area, to save link time.
 
+mod adbc;
 mod cli;
 mod node;
+mod postgres;
+mod streaming;
 mod support;

@@ -597,3 +597,32 @@ async fn the_audit_log_records_every_fragment_and_shows_tampering() {
     let err = stderr(&verify(&tampered));
     assert!(err.contains("line 1 (record 2)"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_source_is_named_and_the_other_tables_are_still_served() {
+    let dir = tempfile::tempdir().unwrap();
+    generate(dir.path(), 300, 17);
+    std::fs::remove_file(dir.path().join("council/care_packages.csv")).unwrap();
+    let node = NodeProcess::start(&dir.path().join("council/node.toml"));
+    let mut c = client(
+        node.addr,
+        "operator",
+        &dir.path().join("secrets/operator-council.token"),
+    )
+    .await;
+    let served = single_count(&query(&mut c, "SELECT count(*) FROM clients").await.unwrap());
+    assert!(served.parse::<u64>().unwrap() > 0);
+    let err = query(&mut c, "SELECT count(*) FROM care_packages")
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("care_packages is unavailable at node council")
+            && err.contains("care_packages.csv"),
+        "{err}"
+    );
+    let log = node.log();
+    assert!(
+        log.contains("source unavailable") && log.contains("source=care_packages"),
+        "{log}"
+    );
+}
