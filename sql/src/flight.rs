@@ -527,6 +527,44 @@ fn execute_stream(
     }))
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoBackend;
+
+    #[tonic::async_trait]
+    impl Backend for NoBackend {
+        fn authenticate(&self, _user: &str, _secret: &str) -> Result<Caller, QueryError> {
+            Err(QueryError::Unauthenticated("no".into()))
+        }
+        async fn scope(
+            &self,
+            _: &Caller,
+            _: &RequestMeta,
+            _: &str,
+        ) -> Result<Arc<dyn QueryScope>, QueryError> {
+            Err(QueryError::Internal("no".into()))
+        }
+        fn server_name(&self) -> String {
+            "test".into()
+        }
+    }
+
+    #[test]
+    fn basic_credentials_decode_with_or_without_padding() {
+        // "ab:c" encodes to "YWI6Yw==": both forms are accepted.
+        for header in ["Basic YWI6Yw==", "Basic YWI6Yw"] {
+            let (user, secret) = FlightSqlEndpoint::<NoBackend>::decode_basic(header).unwrap();
+            assert_eq!((user.as_str(), secret.as_str()), ("ab", "c"));
+        }
+        let err = FlightSqlEndpoint::<NoBackend>::decode_basic("Basic !!!").unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        let err = FlightSqlEndpoint::<NoBackend>::decode_basic("Basic YWJj").unwrap_err();
+        assert!(err.message().contains("user:password"));
+    }
+}
+
 #[tonic::async_trait]
 impl<B: Backend> FlightSqlService for FlightSqlEndpoint<B> {
     type FlightService = Self;

@@ -570,10 +570,41 @@ async fn the_audit_log_records_every_fragment_and_shows_tampering() {
             .contains("identifiers never published")
     );
 
+    // A caller asking for a receipt gets, after the last batch, the rows and
+    // the audit head hash of the record of its fragment.
+    c.set_header("x-carrow-receipt", "1");
+    let info = c
+        .execute("SELECT pid FROM clients LIMIT 7".into(), None)
+        .await
+        .unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let mut raw = c.inner_mut().clone();
+    let mut request = tonic::Request::new(ticket);
+    let bearer = format!("Bearer {}", c.token().unwrap());
+    request
+        .metadata_mut()
+        .insert("authorization", bearer.parse().unwrap());
+    let messages: Vec<arrow_flight::FlightData> = raw
+        .do_get(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .try_collect()
+        .await
+        .unwrap();
+    let receipt: serde_json::Value =
+        serde_json::from_slice(&messages.last().unwrap().app_metadata).unwrap();
+    let lines = audit_lines(&log);
+    let last: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    assert_eq!(receipt["rows"], 7);
+    assert_eq!(receipt["audit_head"], last["hash"]);
+    assert_eq!(receipt["query_id"], last["body"]["query_id"]);
+    assert_eq!(lines.len(), 4);
+
     let verify = |path: &Path| run(&["audit", "verify", path.to_str().unwrap()]);
     let ok = verify(&log);
     assert!(ok.status.success(), "{}", stderr(&ok));
-    assert!(String::from_utf8_lossy(&ok.stdout).contains("3 records"));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("4 records"));
 
     let tampered = region.root.join("tampered.jsonl");
     let mut edited = lines.clone();
