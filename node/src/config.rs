@@ -33,6 +33,9 @@ pub struct NodeConfig {
     /// Callers allowed to query this node.
     #[serde(default)]
     pub clients: Vec<ClientConfig>,
+    /// TLS for the Flight SQL server; with `client_ca_file`, mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
     /// Optional file of NHS numbers (one a line, or a CSV with an
     /// `nhs_number` header) whose records are never released.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -47,6 +50,17 @@ pub struct NodeConfig {
 
 fn default_listen() -> String {
     "127.0.0.1:50051".to_string()
+}
+
+/// TLS settings: the server's certificate and key (PEM), and optionally the
+/// CA whose certificates callers must present (mutual TLS).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// What a caller is allowed to do.
@@ -387,6 +401,13 @@ impl NodeConfig {
         };
         fix(&mut self.linkage_secret_file);
         fix(&mut self.audit_log);
+        if let Some(tls) = &mut self.tls {
+            fix(&mut tls.cert_file);
+            fix(&mut tls.key_file);
+            if let Some(ca) = &mut tls.client_ca_file {
+                fix(ca);
+            }
+        }
         if let Some(p) = &mut self.opt_out_list {
             fix(p);
         }

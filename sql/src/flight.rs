@@ -527,44 +527,6 @@ fn execute_stream(
     }))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    struct NoBackend;
-
-    #[tonic::async_trait]
-    impl Backend for NoBackend {
-        fn authenticate(&self, _user: &str, _secret: &str) -> Result<Caller, QueryError> {
-            Err(QueryError::Unauthenticated("no".into()))
-        }
-        async fn scope(
-            &self,
-            _: &Caller,
-            _: &RequestMeta,
-            _: &str,
-        ) -> Result<Arc<dyn QueryScope>, QueryError> {
-            Err(QueryError::Internal("no".into()))
-        }
-        fn server_name(&self) -> String {
-            "test".into()
-        }
-    }
-
-    #[test]
-    fn basic_credentials_decode_with_or_without_padding() {
-        // "ab:c" encodes to "YWI6Yw==": both forms are accepted.
-        for header in ["Basic YWI6Yw==", "Basic YWI6Yw"] {
-            let (user, secret) = FlightSqlEndpoint::<NoBackend>::decode_basic(header).unwrap();
-            assert_eq!((user.as_str(), secret.as_str()), ("ab", "c"));
-        }
-        let err = FlightSqlEndpoint::<NoBackend>::decode_basic("Basic !!!").unwrap_err();
-        assert_eq!(err.code(), tonic::Code::Unauthenticated);
-        let err = FlightSqlEndpoint::<NoBackend>::decode_basic("Basic YWJj").unwrap_err();
-        assert!(err.message().contains("user:password"));
-    }
-}
-
 #[tonic::async_trait]
 impl<B: Backend> FlightSqlService for FlightSqlEndpoint<B> {
     type FlightService = Self;
@@ -942,15 +904,59 @@ impl<B: Backend> FlightSqlService for FlightSqlEndpoint<B> {
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
 }
 
-/// Serves `endpoint` on `listener` until `shutdown` completes.
+/// Serves `endpoint` on `listener`, over TLS when `tls` is given, until
+/// `shutdown` completes.
 pub async fn serve<B: Backend>(
     endpoint: FlightSqlEndpoint<B>,
     listener: tokio::net::TcpListener,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls)?;
+    }
+    server
         .add_service(endpoint.into_service())
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoBackend;
+
+    #[tonic::async_trait]
+    impl Backend for NoBackend {
+        fn authenticate(&self, _user: &str, _secret: &str) -> Result<Caller, QueryError> {
+            Err(QueryError::Unauthenticated("no".into()))
+        }
+        async fn scope(
+            &self,
+            _: &Caller,
+            _: &RequestMeta,
+            _: &str,
+        ) -> Result<Arc<dyn QueryScope>, QueryError> {
+            Err(QueryError::Internal("no".into()))
+        }
+        fn server_name(&self) -> String {
+            "test".into()
+        }
+    }
+
+    #[test]
+    fn basic_credentials_decode_with_or_without_padding() {
+        // "ab:c" encodes to "YWI6Yw==": both forms are accepted.
+        for header in ["Basic YWI6Yw==", "Basic YWI6Yw"] {
+            let (user, secret) = FlightSqlEndpoint::<NoBackend>::decode_basic(header).unwrap();
+            assert_eq!((user.as_str(), secret.as_str()), ("ab", "c"));
+        }
+        let err = FlightSqlEndpoint::<NoBackend>::decode_basic("Basic !!!").unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        let err = FlightSqlEndpoint::<NoBackend>::decode_basic("Basic YWJj").unwrap_err();
+        assert!(err.message().contains("user:password"));
+    }
 }

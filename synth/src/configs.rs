@@ -86,6 +86,7 @@ fn base(org: &str, creds: &NodeCredentials) -> NodeConfig {
                 projects: vec![],
             },
         ],
+        tls: None,
         opt_out_list: None,
         sources: BTreeMap::new(),
         tables: vec![],

@@ -7,3 +7,4 @@ mod node;
 mod postgres;
 mod streaming;
 mod support;
+mod tls;
