@@ -2,6 +2,7 @@
 //! arguments, sets up logging, loads configuration and calls the crates.
 
 mod config;
+mod demo;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,7 +33,17 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Generate three organisations, start their nodes and a coordinator on loopback, run example queries.
-    Demo,
+    Demo {
+        /// Number of people in the region.
+        #[arg(long, default_value_t = carrow_synth::DEFAULT_PEOPLE)]
+        people: usize,
+        /// Random seed of the generated data.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Keep the generated data, configs and audit logs in this directory.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
     /// Generate a reproducible synthetic population and three organisations' data.
     Generate {
         /// Output directory (created if missing; must not already hold generated data).
@@ -178,9 +189,9 @@ fn run(command: Command) -> anyhow::Result<()> {
                 );
                 return Ok(());
             }
-            not_yet("serving the coordinator (`carrow coordinator` without --check)")
+            runtime()?.block_on(serve_coordinator(cfg))
         }
-        Command::Demo => not_yet("`carrow demo`"),
+        Command::Demo { people, seed, keep } => runtime()?.block_on(demo::run(people, seed, keep)),
         Command::Sql => not_yet("`carrow sql`"),
         Command::Request => not_yet("`carrow request`"),
         Command::Audit {
@@ -241,6 +252,26 @@ async fn serve_node(cfg: carrow_node::NodeConfig) -> anyhow::Result<()> {
             node.stop().await?;
         }
         result = node.wait() => result?,
+    }
+    Ok(())
+}
+
+async fn serve_coordinator(cfg: carrow_coordinator::CoordinatorConfig) -> anyhow::Result<()> {
+    let mut coordinator = carrow_coordinator::RunningCoordinator::start(cfg)
+        .await
+        .context("starting the coordinator")?;
+    println!("coordinator listening on {}", coordinator.addr);
+    for (node, reason) in coordinator.state.unreachable() {
+        println!("coordinator: node {node} unreachable at start: {reason}");
+    }
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    tokio::select! {
+        _ = shutdown_signal() => {
+            tracing::info!("stopping");
+            coordinator.stop().await?;
+        }
+        result = coordinator.wait() => result?,
     }
     Ok(())
 }

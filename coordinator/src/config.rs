@@ -31,6 +31,20 @@ pub struct CoordinatorConfig {
     pub query_timeout_ms: u64,
     /// The nodes this coordinator federates.
     pub nodes: Vec<NodeEndpoint>,
+    /// Users who may query the coordinator.
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+}
+
+/// A user: Basic auth with `name` and a token whose SHA-256 is stored here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    /// planner, researcher or governance.
+    pub role: String,
+    /// Hex SHA-256 of the user's token.
+    pub token_sha256: String,
 }
 
 fn default_listen() -> String {
@@ -111,6 +125,27 @@ impl CoordinatorConfig {
                 ));
             }
         }
+        let mut users = BTreeSet::new();
+        for (i, u) in self.users.iter().enumerate() {
+            if u.name.is_empty() || !users.insert(u.name.as_str()) {
+                problems.push(format!(
+                    "users[{i}].name: {:?} is empty or used twice",
+                    u.name
+                ));
+            }
+            if !["planner", "researcher", "governance"].contains(&u.role.as_str()) {
+                problems.push(format!(
+                    "users[{i}].role: {:?} must be planner, researcher or governance",
+                    u.role
+                ));
+            }
+            if u.token_sha256.len() != 64 || !u.token_sha256.bytes().all(|b| b.is_ascii_hexdigit())
+            {
+                problems.push(format!(
+                    "users[{i}].token_sha256: must be 64 hexadecimal characters"
+                ));
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -160,7 +195,9 @@ token_file = "acute.token"
         cfg.query_timeout_ms = 0;
         cfg.nodes.push(cfg.nodes[0].clone());
         cfg.nodes[1].url = "127.0.0.1:1".into();
-        let CoordinatorError::InvalidConfig(problems) = cfg.validate().unwrap_err();
+        let CoordinatorError::InvalidConfig(problems) = cfg.validate().unwrap_err() else {
+            panic!("expected InvalidConfig")
+        };
         let text = problems.join("\n");
         for field in ["query_timeout_ms:", "nodes[1].name:", "nodes[1].url:"] {
             assert!(text.contains(field), "missing {field} in\n{text}");

@@ -1,14 +1,100 @@
 //! The Carrow coordinator: one SQL endpoint over every node. It plans
-//! DataFusion SQL across nodes, pushes work down to them, joins records
-//! across organisations on pseudonyms and applies governance to results.
+//! DataFusion SQL across nodes, sends each node the part of the query it can
+//! answer (projections, filters, limits) as SQL, and joins records across
+//! organisations on pseudonyms.
+//!
+//! - [`config`]: the coordinator's TOML configuration;
+//! - [`remote`]: nodes as DataFusion tables, and fragments sent to them;
+//! - [`service`]: the Flight SQL backend and the node catalog.
 
 pub mod config;
+pub mod remote;
+pub mod service;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 pub use config::CoordinatorConfig;
+pub use service::{CoordinatorBackend, CoordinatorState};
 
 /// Errors of the coordinator.
 #[derive(Debug, thiserror::Error)]
 pub enum CoordinatorError {
     #[error("invalid coordinator configuration:\n  {}", .0.join("\n  "))]
     InvalidConfig(Vec<String>),
+    #[error("cannot read node token file {path}: {source}")]
+    Token {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("catalog: {0}")]
+    Catalog(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("the Flight SQL server stopped: {0}")]
+    Serve(String),
+}
+
+/// A coordinator serving on a socket.
+pub struct RunningCoordinator {
+    pub addr: SocketAddr,
+    pub state: Arc<CoordinatorState>,
+    shutdown: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), CoordinatorError>>,
+}
+
+impl RunningCoordinator {
+    /// Builds the catalog from the nodes and starts serving on `config.listen`.
+    pub async fn start(config: CoordinatorConfig) -> Result<Self, CoordinatorError> {
+        let listen = config.listen.clone();
+        let state = Arc::new(CoordinatorState::build(config).await?);
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .map_err(|source| CoordinatorError::Bind {
+                addr: listen.clone(),
+                source,
+            })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| CoordinatorError::Bind {
+                addr: listen,
+                source,
+            })?;
+        let endpoint =
+            carrow_sql::FlightSqlEndpoint::new(Arc::new(CoordinatorBackend::new(state.clone())));
+        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            carrow_sql::flight::serve(endpoint, listener, None, async {
+                let _ = stopped.await;
+            })
+            .await
+            .map_err(|e| CoordinatorError::Serve(e.to_string()))
+        });
+        tracing::info!(%addr, "coordinator serving Flight SQL");
+        Ok(Self {
+            addr,
+            state,
+            shutdown,
+            task,
+        })
+    }
+
+    /// Stops serving and waits for the server to finish.
+    pub async fn stop(self) -> Result<(), CoordinatorError> {
+        let _ = self.shutdown.send(());
+        self.task
+            .await
+            .map_err(|e| CoordinatorError::Serve(e.to_string()))?
+    }
+
+    /// Waits until the server stops by itself (an error).
+    pub async fn wait(&mut self) -> Result<(), CoordinatorError> {
+        (&mut self.task)
+            .await
+            .map_err(|e| CoordinatorError::Serve(e.to_string()))?
+    }
 }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use arrow_array::RecordBatch;
-use carrow_coordinator::config::{CoordinatorConfig, NodeEndpoint};
+use carrow_coordinator::config::{CoordinatorConfig, NodeEndpoint, UserConfig};
 use carrow_linkage::LinkageSecret;
 use chrono::NaiveDate;
 use rand::SeedableRng;
@@ -147,6 +147,11 @@ pub fn generate(opts: &GenerateOptions) -> Result<Summary, SynthError> {
         connect_timeout_ms: 2_000,
         query_timeout_ms: 60_000,
         nodes: endpoints,
+        users: vec![UserConfig {
+            name: "planner".into(),
+            role: "planner".into(),
+            token_sha256: new_token(&secrets.join("planner.token"))?,
+        }],
     };
     write_toml(&coordinator_dir.join("coordinator.toml"), &coordinator)?;
     write_ground_truth(&opts.out.join("ground-truth"), &pop, &organisations)?;

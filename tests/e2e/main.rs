@@ -3,6 +3,7 @@
 
 mod adbc;
 mod cli;
+mod coordinator;
 mod node;
 mod postgres;
 mod streaming;

@@ -1,0 +1,349 @@
+//! Nodes as DataFusion tables: a [`NodeClient`] talks Flight SQL to one
+//! node, and a [`RemoteTable`] is one of its published tables. Scans send
+//! the query's projection, filters and limit to the node as SQL; joins
+//! across nodes run here, on `pid`.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_flight::sql::CommandGetTables;
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use async_trait::async_trait;
+use carrow_sql::QueryError;
+use carrow_sql::flight::{PROJECT_HEADER, QUERY_ID_HEADER};
+use datafusion::arrow::array::{BinaryArray, StringArray};
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::ipc::convert::try_schema_from_ipc_buffer;
+use datafusion::catalog::Session;
+use datafusion::common::{DataFusionError, Result};
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
+use datafusion::sql::unparser::Unparser;
+use futures::{StreamExt, TryStreamExt};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::config::NodeEndpoint;
+
+/// Which query a scan belongs to: set per query in the session config.
+#[derive(Debug, Clone)]
+pub struct FragmentContext {
+    pub project: String,
+    pub query_id: String,
+}
+
+/// A Flight SQL connection recipe for one node.
+pub struct NodeClient {
+    pub name: String,
+    url: String,
+    user: String,
+    token: String,
+    connect_timeout: Duration,
+    query_timeout: Duration,
+}
+
+impl fmt::Debug for NodeClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeClient")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .finish()
+    }
+}
+
+impl NodeClient {
+    /// A client for `endpoint`, logging in with `token`.
+    pub fn new(
+        endpoint: &NodeEndpoint,
+        token: String,
+        connect_timeout: Duration,
+        query_timeout: Duration,
+    ) -> Self {
+        Self {
+            name: endpoint.name.clone(),
+            url: endpoint.url.clone(),
+            user: endpoint.user.clone(),
+            token,
+            connect_timeout,
+            query_timeout,
+        }
+    }
+
+    /// Connects and logs in, with the project and query id as headers.
+    async fn connect(
+        &self,
+        context: &FragmentContext,
+    ) -> Result<FlightSqlServiceClient<Channel>, QueryError> {
+        let unreachable = |e: String| {
+            QueryError::Unavailable(format!(
+                "node {} at {} is unreachable: {e}",
+                self.name, self.url
+            ))
+        };
+        let channel = Endpoint::from_shared(self.url.clone())
+            .map_err(|e| unreachable(e.to_string()))?
+            .connect_timeout(self.connect_timeout)
+            .timeout(self.query_timeout)
+            .connect()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let mut client = FlightSqlServiceClient::new(channel);
+        client
+            .handshake(&self.user, &self.token)
+            .await
+            .map_err(|e| {
+                QueryError::Unavailable(format!(
+                    "node {} refused the coordinator's login: {e}",
+                    self.name
+                ))
+            })?;
+        client.set_header(PROJECT_HEADER, context.project.clone());
+        client.set_header(QUERY_ID_HEADER, context.query_id.clone());
+        Ok(client)
+    }
+
+    /// The node's published tables with their schemas.
+    pub async fn tables(&self, project: &str) -> Result<Vec<(String, SchemaRef)>, QueryError> {
+        let context = FragmentContext {
+            project: project.to_string(),
+            query_id: "catalog".to_string(),
+        };
+        let mut client = self.connect(&context).await?;
+        let failed = |e: String| {
+            QueryError::Unavailable(format!("node {} did not list its tables: {e}", self.name))
+        };
+        let info = client
+            .get_tables(CommandGetTables {
+                include_schema: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let mut out = Vec::new();
+        for endpoint in info.endpoint {
+            let ticket = endpoint.ticket.ok_or_else(|| failed("no ticket".into()))?;
+            let batches: Vec<_> = client
+                .do_get(ticket)
+                .await
+                .map_err(|e| failed(e.to_string()))?
+                .try_collect()
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            for batch in batches {
+                let names = batch
+                    .column(2)
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .ok_or_else(|| failed("bad table_name".into()))?;
+                let schemas = batch
+                    .column(4)
+                    .as_any()
+                    .downcast_ref::<BinaryArray>()
+                    .ok_or_else(|| failed("bad table_schema".into()))?;
+                for i in 0..batch.num_rows() {
+                    let schema = try_schema_from_ipc_buffer(schemas.value(i))
+                        .map_err(|e| failed(e.to_string()))?;
+                    out.push((names.value(i).to_string(), Arc::new(schema)));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs `sql` at the node and streams its batches.
+    pub async fn stream(
+        self: Arc<Self>,
+        context: FragmentContext,
+        sql: String,
+        schema: SchemaRef,
+    ) -> Result<SendableRecordBatchStream, QueryError> {
+        let mut client = self.connect(&context).await?;
+        let name = self.name.clone();
+        let failed = move |e: String| {
+            QueryError::Unavailable(format!("node {name} failed the fragment: {e}"))
+        };
+        tracing::debug!(node = %self.name, query_id = %context.query_id, %sql, "fragment");
+        let info = client
+            .execute(sql, None)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let ticket = info
+            .endpoint
+            .into_iter()
+            .next()
+            .and_then(|e| e.ticket)
+            .ok_or_else(|| failed("no ticket".into()))?;
+        let stream = client
+            .do_get(ticket)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let name = self.name.clone();
+        let batches = stream.map(move |item| {
+            item.map_err(|e| {
+                DataFusionError::External(Box::new(QueryError::Unavailable(format!(
+                    "node {name}: {e}"
+                ))))
+            })
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
+    }
+}
+
+/// One published table of one node.
+#[derive(Debug)]
+pub struct RemoteTable {
+    node: Arc<NodeClient>,
+    table: String,
+    schema: SchemaRef,
+}
+
+impl RemoteTable {
+    /// The table `table` of `node`, with the schema the node announced.
+    pub fn new(node: Arc<NodeClient>, table: String, schema: SchemaRef) -> Self {
+        // Schema-level metadata (freshness) stays out of the plan's schema.
+        let schema = Arc::new(Schema::new(schema.fields().clone()));
+        Self {
+            node,
+            table,
+            schema,
+        }
+    }
+}
+
+fn quote(identifier: &str) -> String {
+    format!("\"{}\"", identifier.replace('"', "\"\""))
+}
+
+fn filter_sql(filter: &Expr) -> Option<String> {
+    Unparser::default()
+        .expr_to_sql(filter)
+        .ok()
+        .map(|e| e.to_string())
+}
+
+#[async_trait]
+impl TableProvider for RemoteTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        // The node runs DataFusion too: a filter it receives is applied exactly.
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if filter_sql(f).is_some() {
+                    TableProviderFilterPushDown::Exact
+                } else {
+                    TableProviderFilterPushDown::Unsupported
+                }
+            })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let context = state
+            .config()
+            .get_extension::<FragmentContext>()
+            .map(|c| (*c).clone())
+            .ok_or_else(|| {
+                DataFusionError::Internal("a query without a fragment context".into())
+            })?;
+        let all: Vec<usize> = (0..self.schema.fields().len()).collect();
+        let wanted = projection.unwrap_or(&all);
+        // A scan that needs no column (count(*)) still fetches one, then
+        // projects it away here.
+        let fetched: Vec<usize> = if wanted.is_empty() {
+            vec![0]
+        } else {
+            wanted.clone()
+        };
+        let fetched_schema = Arc::new(self.schema.project(&fetched)?);
+        let columns: Vec<String> = fetched_schema
+            .fields()
+            .iter()
+            .map(|f| quote(f.name()))
+            .collect();
+        let mut sql = format!("SELECT {} FROM {}", columns.join(", "), quote(&self.table));
+        let conditions: Vec<String> = filters
+            .iter()
+            .filter_map(filter_sql)
+            .map(|f| format!("({f})"))
+            .collect();
+        if !conditions.is_empty() {
+            sql.push_str(&format!(" WHERE {}", conditions.join(" AND ")));
+        }
+        if let Some(n) = limit {
+            sql.push_str(&format!(" LIMIT {n}"));
+        }
+        let fragment = Arc::new(Fragment {
+            node: self.node.clone(),
+            context,
+            sql,
+            schema: fetched_schema.clone(),
+        });
+        let empty = Vec::new();
+        let exec_projection = wanted.is_empty().then_some(&empty);
+        Ok(Arc::new(StreamingTableExec::try_new(
+            fetched_schema,
+            vec![fragment],
+            exec_projection,
+            vec![],
+            false,
+            None,
+        )?))
+    }
+}
+
+/// One fragment: SQL for one node, run when the plan executes.
+struct Fragment {
+    node: Arc<NodeClient>,
+    context: FragmentContext,
+    sql: String,
+    schema: SchemaRef,
+}
+
+impl fmt::Debug for Fragment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fragment(node={}, sql={})", self.node.name, self.sql)
+    }
+}
+
+impl PartitionStream for Fragment {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let (node, context, sql, schema) = (
+            self.node.clone(),
+            self.context.clone(),
+            self.sql.clone(),
+            self.schema.clone(),
+        );
+        let stream = futures::stream::once(async move {
+            node.stream(context, sql, schema)
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))
+        })
+        .try_flatten();
+        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
+    }
+}

@@ -1,0 +1,202 @@
+//! The coordinator as a Flight SQL backend: a catalog with one schema per
+//! node, fetched from the nodes at start, and a session per statement that
+//! carries the statement's project and query id to every fragment.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use carrow_sql::{Backend, Caller, QueryError, QueryScope, Released, RequestMeta};
+use datafusion::catalog::{
+    CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider,
+};
+use datafusion::execution::context::SessionConfig;
+use datafusion::prelude::SessionContext;
+use sha2::{Digest, Sha256};
+
+use crate::CoordinatorError;
+use crate::config::{CoordinatorConfig, UserConfig};
+use crate::remote::{FragmentContext, NodeClient, RemoteTable};
+
+/// Catalog name of the federated tables; schemas are node names.
+pub const CATALOG: &str = "carrow";
+
+/// The coordinator's state, built at start.
+pub struct CoordinatorState {
+    config: CoordinatorConfig,
+    catalog: Arc<MemoryCatalogProvider>,
+    /// Nodes that did not answer at start, with the reason.
+    unreachable: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for CoordinatorState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoordinatorState")
+            .field("nodes", &self.config.nodes.len())
+            .finish()
+    }
+}
+
+impl CoordinatorState {
+    /// Reads every node's token, lists every node's tables and builds the
+    /// catalog. A node that does not answer is reported and left out.
+    pub async fn build(config: CoordinatorConfig) -> Result<Self, CoordinatorError> {
+        let catalog = Arc::new(MemoryCatalogProvider::new());
+        let mut unreachable = Vec::new();
+        for endpoint in &config.nodes {
+            let token = std::fs::read_to_string(&endpoint.token_file).map_err(|source| {
+                CoordinatorError::Token {
+                    path: endpoint.token_file.clone(),
+                    source,
+                }
+            })?;
+            let client = Arc::new(NodeClient::new(
+                endpoint,
+                token.trim().to_string(),
+                Duration::from_millis(config.connect_timeout_ms),
+                Duration::from_millis(config.query_timeout_ms),
+            ));
+            match client.tables(&config.default_project).await {
+                Ok(tables) => {
+                    let schema = Arc::new(MemorySchemaProvider::new());
+                    for (name, table_schema) in tables {
+                        let table = RemoteTable::new(client.clone(), name.clone(), table_schema);
+                        schema
+                            .register_table(name, Arc::new(table))
+                            .map_err(|e| CoordinatorError::Catalog(e.to_string()))?;
+                    }
+                    tracing::info!(node = %endpoint.name, tables = ?schema.table_names(), "node catalog loaded");
+                    catalog
+                        .register_schema(&endpoint.name, schema)
+                        .map_err(|e| CoordinatorError::Catalog(e.to_string()))?;
+                }
+                Err(e) => {
+                    tracing::error!(node = %endpoint.name, error = %e, "node unreachable at start");
+                    unreachable.push((endpoint.name.clone(), e.to_string()));
+                }
+            }
+        }
+        Ok(Self {
+            config,
+            catalog,
+            unreachable,
+        })
+    }
+
+    /// Nodes that did not answer at start.
+    pub fn unreachable(&self) -> &[(String, String)] {
+        &self.unreachable
+    }
+
+    fn user(&self, name: &str) -> Option<&UserConfig> {
+        self.config.users.iter().find(|u| u.name == name)
+    }
+}
+
+/// The coordinator's Flight SQL backend.
+pub struct CoordinatorBackend {
+    state: Arc<CoordinatorState>,
+}
+
+impl CoordinatorBackend {
+    /// A backend over a built state.
+    pub fn new(state: Arc<CoordinatorState>) -> Self {
+        Self { state }
+    }
+}
+
+fn random_query_id() -> String {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("the operating system provides randomness");
+    format!("q-{}", hex::encode(bytes))
+}
+
+#[tonic::async_trait]
+impl Backend for CoordinatorBackend {
+    fn authenticate(&self, user: &str, secret: &str) -> Result<Caller, QueryError> {
+        let digest = hex::encode(Sha256::digest(secret.trim().as_bytes()));
+        match self.state.user(user) {
+            // Both sides are hex SHA-256 digests of equal length; comparing
+            // digests leaks nothing useful about the token.
+            Some(u) if u.token_sha256.eq_ignore_ascii_case(&digest) => Ok(Caller {
+                user: u.name.clone(),
+                role: u.role.clone(),
+            }),
+            _ => {
+                tracing::warn!(user = %user, "refused login");
+                Err(QueryError::Unauthenticated(format!(
+                    "unknown user {user:?} or wrong token"
+                )))
+            }
+        }
+    }
+
+    async fn scope(
+        &self,
+        caller: &Caller,
+        meta: &RequestMeta,
+        _sql: &str,
+    ) -> Result<Arc<dyn QueryScope>, QueryError> {
+        let query_id = random_query_id();
+        let project = meta
+            .project
+            .clone()
+            .unwrap_or_else(|| self.state.config.default_project.clone());
+        let context = FragmentContext {
+            project: project.clone(),
+            query_id: query_id.clone(),
+        };
+        let config = SessionConfig::new()
+            .with_default_catalog_and_schema(CATALOG, "public")
+            .with_information_schema(false)
+            .with_extension(Arc::new(context));
+        let session = SessionContext::new_with_config(config);
+        session.register_catalog(
+            CATALOG,
+            self.state.catalog.clone() as Arc<dyn CatalogProvider>,
+        );
+        Ok(Arc::new(CoordinatorScope {
+            session,
+            query_id,
+            caller: caller.clone(),
+            project,
+        }))
+    }
+
+    fn server_name(&self) -> String {
+        "carrow coordinator".to_string()
+    }
+}
+
+struct CoordinatorScope {
+    session: SessionContext,
+    query_id: String,
+    caller: Caller,
+    project: String,
+}
+
+impl QueryScope for CoordinatorScope {
+    fn session(&self) -> &SessionContext {
+        &self.session
+    }
+
+    fn query_id(&self) -> &str {
+        &self.query_id
+    }
+
+    fn finish(&self, _sql: &str, outcome: Result<Released, &QueryError>) -> Option<String> {
+        match outcome {
+            Ok(r) => {
+                tracing::info!(query_id = %self.query_id, user = %self.caller.user, project = %self.project, rows = r.rows, "query")
+            }
+            Err(e) => {
+                tracing::info!(query_id = %self.query_id, user = %self.caller.user, project = %self.project, error = %e, "query failed")
+            }
+        }
+        None
+    }
+
+    fn table_metadata(&self, _table: &str) -> HashMap<String, String> {
+        HashMap::new()
+    }
+}
