@@ -41,10 +41,11 @@ pub enum CoordinatorError {
 
 /// A coordinator serving on a socket.
 pub struct RunningCoordinator {
+    /// The address it listens on (useful with port 0).
     pub addr: SocketAddr,
+    /// Its state: the node catalog.
     pub state: Arc<CoordinatorState>,
-    shutdown: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), CoordinatorError>>,
+    server: carrow_sql::flight::RunningServer,
 }
 
 impl RunningCoordinator {
@@ -52,49 +53,29 @@ impl RunningCoordinator {
     pub async fn start(config: CoordinatorConfig) -> Result<Self, CoordinatorError> {
         let listen = config.listen.clone();
         let state = Arc::new(CoordinatorState::build(config).await?);
-        let listener = tokio::net::TcpListener::bind(&listen)
+        let endpoint =
+            carrow_sql::FlightSqlEndpoint::new(Arc::new(CoordinatorBackend::new(state.clone())));
+        let server = carrow_sql::flight::RunningServer::start(endpoint, &listen, None)
             .await
-            .map_err(|source| CoordinatorError::Bind {
-                addr: listen.clone(),
-                source,
-            })?;
-        let addr = listener
-            .local_addr()
             .map_err(|source| CoordinatorError::Bind {
                 addr: listen,
                 source,
             })?;
-        let endpoint =
-            carrow_sql::FlightSqlEndpoint::new(Arc::new(CoordinatorBackend::new(state.clone())));
-        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            carrow_sql::flight::serve(endpoint, listener, None, async {
-                let _ = stopped.await;
-            })
-            .await
-            .map_err(|e| CoordinatorError::Serve(e.to_string()))
-        });
-        tracing::info!(%addr, "coordinator serving Flight SQL");
+        tracing::info!(addr = %server.addr, "coordinator serving Flight SQL");
         Ok(Self {
-            addr,
+            addr: server.addr,
             state,
-            shutdown,
-            task,
+            server,
         })
     }
 
     /// Stops serving and waits for the server to finish.
     pub async fn stop(self) -> Result<(), CoordinatorError> {
-        let _ = self.shutdown.send(());
-        self.task
-            .await
-            .map_err(|e| CoordinatorError::Serve(e.to_string()))?
+        self.server.stop().await.map_err(CoordinatorError::Serve)
     }
 
     /// Waits until the server stops by itself (an error).
     pub async fn wait(&mut self) -> Result<(), CoordinatorError> {
-        (&mut self.task)
-            .await
-            .map_err(|e| CoordinatorError::Serve(e.to_string()))?
+        self.server.wait().await.map_err(CoordinatorError::Serve)
     }
 }

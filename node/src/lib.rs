@@ -72,8 +72,7 @@ pub struct RunningNode {
     pub addr: SocketAddr,
     /// Its state: published tables, audit log.
     pub state: Arc<NodeState>,
-    shutdown: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), NodeError>>,
+    server: carrow_sql::flight::RunningServer,
 }
 
 impl RunningNode {
@@ -82,47 +81,29 @@ impl RunningNode {
         let listen = config.listen.clone();
         let tls = config.tls.as_ref().map(tls_config).transpose()?;
         let state = Arc::new(NodeState::build(config).await?);
-        let listener = tokio::net::TcpListener::bind(&listen)
-            .await
-            .map_err(|source| NodeError::Bind {
-                addr: listen.clone(),
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| NodeError::Bind {
-            addr: listen,
-            source,
-        })?;
         let endpoint =
             carrow_sql::FlightSqlEndpoint::new(Arc::new(NodeBackend::new(state.clone())));
-        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            carrow_sql::flight::serve(endpoint, listener, tls, async {
-                let _ = stopped.await;
-            })
+        let server = carrow_sql::flight::RunningServer::start(endpoint, &listen, tls)
             .await
-            .map_err(|e| NodeError::Serve(e.to_string()))
-        });
-        tracing::info!(node = %state.name(), %addr, "serving Flight SQL");
+            .map_err(|source| NodeError::Bind {
+                addr: listen,
+                source,
+            })?;
+        tracing::info!(node = %state.name(), addr = %server.addr, "serving Flight SQL");
         Ok(Self {
-            addr,
+            addr: server.addr,
             state,
-            shutdown,
-            task,
+            server,
         })
     }
 
     /// Stops serving and waits for the server to finish.
     pub async fn stop(self) -> Result<(), NodeError> {
-        let _ = self.shutdown.send(());
-        self.task
-            .await
-            .map_err(|e| NodeError::Serve(e.to_string()))?
+        self.server.stop().await.map_err(NodeError::Serve)
     }
 
     /// Waits until the server stops by itself (an error).
     pub async fn wait(&mut self) -> Result<(), NodeError> {
-        (&mut self.task)
-            .await
-            .map_err(|e| NodeError::Serve(e.to_string()))?
+        self.server.wait().await.map_err(NodeError::Serve)
     }
 }

@@ -384,15 +384,34 @@ impl<B: Backend> FlightSqlEndpoint<B> {
     }
 
     /// Streams one metadata batch.
-    fn one_batch(batch: RecordBatch) -> DoGetStream {
+    fn one_batch<E: std::fmt::Display>(
+        batch: Result<RecordBatch, E>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let batch = batch.map_err(|e| Status::internal(e.to_string()))?;
         let schema = batch.schema();
         let input = futures::stream::iter([Ok(batch)]);
-        Box::pin(
+        Ok(Response::new(Box::pin(
             FlightDataEncoderBuilder::new()
                 .with_schema(schema)
                 .build(input)
                 .map_err(Status::from),
-        )
+        )))
+    }
+
+    /// The FlightInfo of a catalog command: its ticket is the command itself
+    /// (it names no data; `do_get` checks the caller again).
+    fn command_info(
+        &self,
+        request: Request<FlightDescriptor>,
+        command: Any,
+        schema: &Schema,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(request.metadata())?;
+        Ok(Response::new(Self::flight_info(
+            command.encode_to_vec(),
+            schema,
+            request.into_inner(),
+        )?))
     }
 
     /// The session of a catalog call, which records nothing.
@@ -743,13 +762,8 @@ impl<B: Backend> FlightSqlService for FlightSqlEndpoint<B> {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.caller(request.metadata())?;
-        let schema = query.into_builder().schema();
-        Ok(Response::new(Self::flight_info(
-            query.as_any().encode_to_vec(),
-            &schema,
-            request.into_inner(),
-        )?))
+        let command = query.as_any();
+        self.command_info(request, command, &query.into_builder().schema())
     }
 
     async fn do_get_catalogs(
@@ -762,10 +776,7 @@ impl<B: Backend> FlightSqlService for FlightSqlEndpoint<B> {
         for name in scope.session().catalog_names() {
             builder.append(name);
         }
-        let batch = builder
-            .build()
-            .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(Self::one_batch(batch)))
+        Self::one_batch(builder.build())
     }
 
     async fn get_flight_info_schemas(
@@ -773,13 +784,8 @@ impl<B: Backend> FlightSqlService for FlightSqlEndpoint<B> {
         query: CommandGetDbSchemas,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.caller(request.metadata())?;
-        let schema = query.clone().into_builder().schema();
-        Ok(Response::new(Self::flight_info(
-            query.as_any().encode_to_vec(),
-            &schema,
-            request.into_inner(),
-        )?))
+        let command = query.as_any();
+        self.command_info(request, command, &query.into_builder().schema())
     }
 
     async fn do_get_schemas(
@@ -797,10 +803,7 @@ impl<B: Backend> FlightSqlService for FlightSqlEndpoint<B> {
                 }
             }
         }
-        let batch = builder
-            .build()
-            .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(Self::one_batch(batch)))
+        Self::one_batch(builder.build())
     }
 
     async fn get_flight_info_tables(
@@ -808,13 +811,8 @@ impl<B: Backend> FlightSqlService for FlightSqlEndpoint<B> {
         query: CommandGetTables,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.caller(request.metadata())?;
-        let schema = query.clone().into_builder().schema();
-        Ok(Response::new(Self::flight_info(
-            query.as_any().encode_to_vec(),
-            &schema,
-            request.into_inner(),
-        )?))
+        let command = query.as_any();
+        self.command_info(request, command, &query.into_builder().schema())
     }
 
     async fn do_get_tables(
@@ -829,10 +827,7 @@ impl<B: Backend> FlightSqlService for FlightSqlEndpoint<B> {
                 .append(catalog, schema, table, "TABLE", &table_schema)
                 .map_err(|e| Status::internal(e.to_string()))?;
         }
-        let batch = builder
-            .build()
-            .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(Self::one_batch(batch)))
+        Self::one_batch(builder.build())
     }
 
     async fn get_flight_info_table_types(
@@ -840,13 +835,8 @@ impl<B: Backend> FlightSqlService for FlightSqlEndpoint<B> {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.caller(request.metadata())?;
-        let schema = query.into_builder().schema();
-        Ok(Response::new(Self::flight_info(
-            query.as_any().encode_to_vec(),
-            &schema,
-            request.into_inner(),
-        )?))
+        let command = query.as_any();
+        self.command_info(request, command, &query.into_builder().schema())
     }
 
     async fn do_get_table_types(
@@ -857,10 +847,7 @@ impl<B: Backend> FlightSqlService for FlightSqlEndpoint<B> {
         self.caller(request.metadata())?;
         let mut builder = query.into_builder();
         builder.append("TABLE");
-        let batch = builder
-            .build()
-            .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(Self::one_batch(batch)))
+        Self::one_batch(builder.build())
     }
 
     async fn get_flight_info_sql_info(
@@ -868,13 +855,12 @@ impl<B: Backend> FlightSqlService for FlightSqlEndpoint<B> {
         query: CommandGetSqlInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.caller(request.metadata())?;
-        let schema = query.clone().into_builder(&self.sql_info).schema();
-        Ok(Response::new(Self::flight_info(
-            query.as_any().encode_to_vec(),
-            &schema,
-            request.into_inner(),
-        )?))
+        let command = query.as_any();
+        self.command_info(
+            request,
+            command,
+            &query.into_builder(&self.sql_info).schema(),
+        )
     }
 
     async fn do_get_sql_info(
@@ -883,11 +869,7 @@ impl<B: Backend> FlightSqlService for FlightSqlEndpoint<B> {
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
         self.caller(request.metadata())?;
-        let batch = query
-            .into_builder(&self.sql_info)
-            .build()
-            .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(Self::one_batch(batch)))
+        Self::one_batch(query.into_builder(&self.sql_info).build())
     }
 
     async fn do_get_fallback(
@@ -904,23 +886,61 @@ impl<B: Backend> FlightSqlService for FlightSqlEndpoint<B> {
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
 }
 
-/// Serves `endpoint` on `listener`, over TLS when `tls` is given, until
-/// `shutdown` completes.
-pub async fn serve<B: Backend>(
-    endpoint: FlightSqlEndpoint<B>,
-    listener: tokio::net::TcpListener,
-    tls: Option<tonic::transport::ServerTlsConfig>,
-    shutdown: impl std::future::Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        server = server.tls_config(tls)?;
+/// A Flight SQL server running in the background.
+pub struct RunningServer {
+    /// The address it listens on (useful with port 0).
+    pub addr: std::net::SocketAddr,
+    shutdown: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl RunningServer {
+    /// Binds `listen` and serves `endpoint` on it, over TLS when `tls` is given.
+    pub async fn start<B: Backend>(
+        endpoint: FlightSqlEndpoint<B>,
+        listen: &str,
+        tls: Option<tonic::transport::ServerTlsConfig>,
+    ) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            let mut server = tonic::transport::Server::builder();
+            if let Some(tls) = tls {
+                server = server.tls_config(tls)?;
+            }
+            server
+                .add_service(endpoint.into_service())
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        Ok(Self {
+            addr,
+            shutdown,
+            task,
+        })
     }
-    server
-        .add_service(endpoint.into_service())
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+
+    /// Stops serving and waits for the server to finish.
+    pub async fn stop(self) -> Result<(), String> {
+        let _ = self.shutdown.send(());
+        self.task
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    }
+
+    /// Waits until the server stops by itself (an error).
+    pub async fn wait(&mut self) -> Result<(), String> {
+        (&mut self.task)
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    }
 }
 
 #[cfg(test)]
