@@ -6,13 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
-use arrow_flight::sql::client::FlightSqlServiceClient;
-use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::util::pretty::pretty_format_batches;
-use futures::TryStreamExt;
-use tonic::transport::Channel;
 
-use crate::config;
+use crate::{client, config};
 
 /// The demo's questions: (title, SQL). The data's snapshot date is
 /// 2026-10-31, so "the last year" starts on 2025-11-01 and people aged 75
@@ -45,22 +41,6 @@ pub const QUESTIONS: &[(&str, &str)] = &[
          GROUP BY deprivation_decile ORDER BY deprivation_decile",
     ),
 ];
-
-/// Runs `sql` on a Flight SQL connection and collects the batches.
-pub async fn run_query(
-    client: &mut FlightSqlServiceClient<Channel>,
-    sql: &str,
-) -> anyhow::Result<Vec<RecordBatch>> {
-    let info = client.execute(sql.to_string(), None).await?;
-    let mut batches = Vec::new();
-    for endpoint in info.endpoint {
-        let ticket = endpoint
-            .ticket
-            .context("the coordinator sent an endpoint without a ticket")?;
-        batches.extend(client.do_get(ticket).await?.try_collect::<Vec<_>>().await?);
-    }
-    Ok(batches)
-}
 
 /// The demo itself.
 pub async fn run(people: usize, seed: u64, keep: Option<PathBuf>) -> anyhow::Result<()> {
@@ -127,20 +107,18 @@ async fn run_in(dir: &Path, people: usize, seed: u64) -> anyhow::Result<()> {
     let coordinator = carrow_coordinator::RunningCoordinator::start(coordinator_config).await?;
     println!("   coordinator     {}", coordinator.addr);
 
-    let channel = Channel::from_shared(format!("http://{}", coordinator.addr))?
-        .connect()
-        .await?;
-    let mut client = FlightSqlServiceClient::new(channel);
     let token = std::fs::read_to_string(dir.join("secrets/planner.token"))?;
-    client
-        .handshake("planner", token.trim())
-        .await
-        .context("logging in as the planner")?;
+    let mut planner = client::connect(
+        &format!("http://{}", coordinator.addr),
+        "planner",
+        token.trim(),
+    )
+    .await?;
 
     for (title, sql) in QUESTIONS {
         println!("\n== {title}");
         let asked = Instant::now();
-        let batches = run_query(&mut client, sql)
+        let batches = client::run_query(&mut planner, sql)
             .await
             .with_context(|| format!("question: {title}"))?;
         println!("{}", pretty_format_batches(&batches)?);

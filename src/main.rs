@@ -1,6 +1,7 @@
 //! `carrow`: the command-line interface. Thin by design: it parses
 //! arguments, sets up logging, loads configuration and calls the crates.
 
+mod client;
 mod config;
 mod demo;
 
@@ -78,7 +79,22 @@ enum Command {
         check: bool,
     },
     /// Run SQL against a coordinator or node and print the result.
-    Sql,
+    Sql {
+        /// The server, e.g. http://127.0.0.1:50050.
+        #[arg(long)]
+        url: String,
+        /// User name to log in with.
+        #[arg(long)]
+        user: String,
+        /// File holding the password or token; otherwise CARROW_PASSWORD, otherwise a prompt.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// Project to run under (sent as the x-carrow-project header).
+        #[arg(long)]
+        project: Option<String>,
+        /// The SQL statement.
+        sql: String,
+    },
     /// Submit, review and approve research requests.
     Request,
     /// Show, verify and reconcile audit logs.
@@ -192,7 +208,29 @@ fn run(command: Command) -> anyhow::Result<()> {
             runtime()?.block_on(serve_coordinator(cfg))
         }
         Command::Demo { people, seed, keep } => runtime()?.block_on(demo::run(people, seed, keep)),
-        Command::Sql => not_yet("`carrow sql`"),
+        Command::Sql {
+            url,
+            user,
+            password_file,
+            project,
+            sql,
+        } => {
+            let password = read_password(password_file.as_deref())?;
+            runtime()?.block_on(async {
+                let mut client = client::connect(&url, &user, &password).await?;
+                if let Some(project) = project {
+                    client.set_header("x-carrow-project", project);
+                }
+                let batches = client::run_query(&mut client, &sql).await?;
+                println!(
+                    "{}",
+                    datafusion::arrow::util::pretty::pretty_format_batches(&batches)?
+                );
+                let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+                println!("{rows} rows");
+                Ok(())
+            })
+        }
         Command::Request => not_yet("`carrow request`"),
         Command::Audit {
             command: AuditCommand::Verify { file },
@@ -274,6 +312,21 @@ async fn serve_coordinator(cfg: carrow_coordinator::CoordinatorConfig) -> anyhow
         result = coordinator.wait() => result?,
     }
     Ok(())
+}
+
+/// The password: from a file, else CARROW_PASSWORD, else a prompt on the
+/// terminal. Never from the command line.
+fn read_password(file: Option<&std::path::Path>) -> anyhow::Result<String> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading password file {}", path.display()))?;
+        return Ok(text.trim().to_string());
+    }
+    if let Ok(value) = std::env::var("CARROW_PASSWORD") {
+        return Ok(value);
+    }
+    rpassword::prompt_password("password: ")
+        .context("no password: give --password-file, set CARROW_PASSWORD or run in a terminal")
 }
 
 fn not_yet(what: &str) -> anyhow::Result<()> {

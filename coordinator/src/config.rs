@@ -29,6 +29,10 @@ pub struct CoordinatorConfig {
     /// Milliseconds a node may take to answer one fragment.
     #[serde(default = "default_query_timeout_ms")]
     pub query_timeout_ms: u64,
+    /// Memory for query execution (joins, sorts, aggregates), in MiB; work
+    /// beyond it spills to disk.
+    #[serde(default = "default_memory_limit_mb")]
+    pub memory_limit_mb: usize,
     /// The nodes this coordinator federates.
     pub nodes: Vec<NodeEndpoint>,
     /// Users who may query the coordinator.
@@ -74,6 +78,10 @@ pub struct NodeEndpoint {
     pub token_file: PathBuf,
 }
 
+fn default_memory_limit_mb() -> usize {
+    2_048
+}
+
 fn default_user() -> String {
     "coordinator".to_string()
 }
@@ -90,6 +98,12 @@ impl CoordinatorConfig {
         }
         if self.default_project.is_empty() {
             problems.push("default_project: must not be empty".to_string());
+        }
+        if self.memory_limit_mb < 64 {
+            problems.push(format!(
+                "memory_limit_mb: {} is too small; give at least 64",
+                self.memory_limit_mb
+            ));
         }
         for (field, value) in [
             ("connect_timeout_ms", self.connect_timeout_ms),

@@ -11,6 +11,7 @@ use datafusion::catalog::{
     CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider,
 };
 use datafusion::execution::context::SessionConfig;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::SessionContext;
 use sha2::{Digest, Sha256};
 
@@ -24,6 +25,8 @@ pub const CATALOG: &str = "carrow";
 /// The coordinator's state, built at start.
 pub struct CoordinatorState {
     config: CoordinatorConfig,
+    /// Shared by every query: one memory pool, spilling to disk beyond it.
+    runtime: Arc<RuntimeEnv>,
     catalog: Arc<MemoryCatalogProvider>,
     /// Nodes that did not answer at start, with the reason.
     unreachable: Vec<(String, String)>,
@@ -76,8 +79,13 @@ impl CoordinatorState {
                 }
             }
         }
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(config.memory_limit_mb * 1024 * 1024, 1.0)
+            .build_arc()
+            .map_err(|e| CoordinatorError::Catalog(format!("runtime: {e}")))?;
         Ok(Self {
             config,
+            runtime,
             catalog,
             unreachable,
         })
@@ -150,7 +158,7 @@ impl Backend for CoordinatorBackend {
             .with_default_catalog_and_schema(CATALOG, "public")
             .with_information_schema(false)
             .with_extension(Arc::new(context));
-        let session = SessionContext::new_with_config(config);
+        let session = SessionContext::new_with_config_rt(config, self.state.runtime.clone());
         session.register_catalog(
             CATALOG,
             self.state.catalog.clone() as Arc<dyn CatalogProvider>,

@@ -146,6 +146,7 @@ pub fn generate(opts: &GenerateOptions) -> Result<Summary, SynthError> {
         default_project: configs::DEMO_PROJECT.into(),
         connect_timeout_ms: 2_000,
         query_timeout_ms: 60_000,
+        memory_limit_mb: 2_048,
         nodes: endpoints,
         users: vec![UserConfig {
             name: "planner".into(),

@@ -150,6 +150,64 @@ async fn federated_answers_equal_central_answers_and_nodes_receive_pushed_down_s
         "SELECT \"pid\" FROM \"admissions\" WHERE ((admission_method = 'emergency')) AND ((birth_year < 1950))"
     );
 
+    // `carrow sql` prints the same answer; the password comes from a file.
+    let sql = "SELECT count(*) AS n FROM gp.registrations WHERE sex = 'F'";
+    let expected = rows(&central.sql(sql).await.unwrap().collect().await.unwrap());
+    let url = format!("http://{}", coordinator.addr);
+    let token = root.join("secrets/planner.token");
+    let out = run(&[
+        "sql",
+        "--url",
+        &url,
+        "--user",
+        "planner",
+        "--password-file",
+        token.to_str().unwrap(),
+        sql,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains(&format!("| {}", expected[0][0])) && printed.contains("1 rows"),
+        "{printed}"
+    );
+    let out = carrow()
+        .args(["sql", "--url", &url, "--user", "planner", sql])
+        .env_remove("CARROW_PASSWORD")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no password"), "{}", stderr(&out));
+
+    // A node that goes away: queries needing it fail naming it, the others
+    // are still answered.
+    drop(council);
+    let err = query(&mut planner, "SELECT count(*) FROM council.clients")
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("node council") && err.contains("unreachable"),
+        "{err}"
+    );
+    let still = rows(
+        &query(&mut planner, "SELECT count(*) FROM gp.registrations")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        still,
+        rows(
+            &central
+                .sql("SELECT count(*) FROM gp.registrations")
+                .await
+                .unwrap()
+                .collect()
+                .await
+                .unwrap()
+        )
+    );
+
     // Wrong credentials at the coordinator are refused and named.
     let err = crate::support::try_client(coordinator.addr, "planner", "wrong")
         .await
