@@ -21,6 +21,7 @@ use datafusion::datasource::{TableProvider, TableType};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::sql::unparser::Unparser;
@@ -34,6 +35,60 @@ use crate::config::NodeEndpoint;
 pub struct FragmentContext {
     pub project: String,
     pub query_id: String,
+    /// `SET carrow.allow_partial = true`: leave out unreachable nodes.
+    pub allow_partial: bool,
+    /// What each node contributed.
+    pub coverage: Arc<Coverage>,
+}
+
+/// One node's part in a result.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct NodeCoverage {
+    /// ok, unreachable, timed out or refused.
+    pub status: String,
+    /// Rows the node sent for this query. The manifest travels in the
+    /// result's schema, before any row, so it is logged, not sent.
+    #[serde(skip)]
+    pub rows: u64,
+    /// The newest freshness of the node's tables this query read.
+    pub freshness: Option<String>,
+    /// Why the node is missing, if it is.
+    pub error: Option<String>,
+}
+
+/// The coverage manifest of one query: every node it needed.
+#[derive(Debug, Default)]
+pub struct Coverage(std::sync::Mutex<std::collections::BTreeMap<String, NodeCoverage>>);
+
+impl Coverage {
+    fn update(&self, node: &str, f: impl FnOnce(&mut NodeCoverage)) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        f(map.entry(node.to_string()).or_default());
+    }
+
+    /// Rows each node sent so far.
+    pub fn rows(&self) -> Vec<(String, u64)> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter().map(|(node, c)| (node.clone(), c.rows)).collect()
+    }
+
+    /// The manifest as JSON: `{"node": {"status", "freshness", "error"}}`.
+    pub fn to_json(&self) -> String {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        serde_json::to_string(&*map).unwrap_or_default()
+    }
+}
+
+/// The status word for a failed connection.
+fn status_of(error: &QueryError) -> &'static str {
+    let text = error.to_string();
+    if text.contains("refused the coordinator's login") {
+        "refused"
+    } else if text.contains("timed out") || text.contains("deadline") {
+        "timed out"
+    } else {
+        "unreachable"
+    }
 }
 
 /// A Flight SQL connection recipe for one node.
@@ -74,7 +129,7 @@ impl NodeClient {
     }
 
     /// Connects and logs in, with the project and query id as headers.
-    async fn connect(
+    pub async fn connect(
         &self,
         context: &FragmentContext,
     ) -> Result<FlightSqlServiceClient<Channel>, QueryError> {
@@ -111,6 +166,8 @@ impl NodeClient {
         let context = FragmentContext {
             project: project.to_string(),
             query_id: "catalog".to_string(),
+            allow_partial: false,
+            coverage: Arc::new(Coverage::default()),
         };
         let mut client = self.connect(&context).await?;
         let failed = |e: String| {
@@ -154,14 +211,15 @@ impl NodeClient {
         Ok(out)
     }
 
-    /// Runs `sql` at the node and streams its batches.
+    /// Runs `sql` on a connected `client` and streams its batches,
+    /// counting them in the query's coverage.
     pub async fn stream(
         self: Arc<Self>,
+        mut client: FlightSqlServiceClient<Channel>,
         context: FragmentContext,
         sql: String,
         schema: SchemaRef,
     ) -> Result<SendableRecordBatchStream, QueryError> {
-        let mut client = self.connect(&context).await?;
         let name = self.name.clone();
         let failed = move |e: String| {
             QueryError::Unavailable(format!("node {name} failed the fragment: {e}"))
@@ -182,12 +240,15 @@ impl NodeClient {
             .await
             .map_err(|e| failed(e.to_string()))?;
         let name = self.name.clone();
-        let batches = stream.map(move |item| {
-            item.map_err(|e| {
-                DataFusionError::External(Box::new(QueryError::Unavailable(format!(
-                    "node {name}: {e}"
-                ))))
-            })
+        let coverage = context.coverage.clone();
+        let batches = stream.map(move |item| match item {
+            Ok(batch) => {
+                coverage.update(&name, |c| c.rows += batch.num_rows() as u64);
+                Ok(batch)
+            }
+            Err(e) => Err(DataFusionError::External(Box::new(
+                QueryError::Unavailable(format!("node {name}: {e}")),
+            ))),
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
     }
@@ -199,17 +260,20 @@ pub struct RemoteTable {
     node: Arc<NodeClient>,
     table: String,
     schema: SchemaRef,
+    freshness: Option<String>,
 }
 
 impl RemoteTable {
     /// The table `table` of `node`, with the schema the node announced.
     pub fn new(node: Arc<NodeClient>, table: String, schema: SchemaRef) -> Self {
         // Schema-level metadata (freshness) stays out of the plan's schema.
+        let freshness = schema.metadata().get("carrow.freshness").cloned();
         let schema = Arc::new(Schema::new(schema.fields().clone()));
         Self {
             node,
             table,
             schema,
+            freshness,
         }
     }
 }
@@ -293,14 +357,41 @@ impl TableProvider for RemoteTable {
         if let Some(n) = limit {
             sql.push_str(&format!(" LIMIT {n}"));
         }
+        let empty = Vec::new();
+        let exec_projection = wanted.is_empty().then_some(&empty);
+        // Connect now, while planning: the coverage manifest then knows every
+        // node's status before the first batch is sent.
+        let node = &self.node.name;
+        let client = match self.node.connect(&context).await {
+            Ok(client) => {
+                let freshness = self.freshness.clone();
+                context.coverage.update(node, |c| {
+                    c.status = "ok".into();
+                    c.freshness = c.freshness.clone().max(freshness);
+                });
+                client
+            }
+            Err(e) if context.allow_partial => {
+                tracing::warn!(node = %node, query_id = %context.query_id, error = %e, "node left out of a partial result");
+                context.coverage.update(node, |c| {
+                    c.status = status_of(&e).into();
+                    c.error = Some(e.to_string());
+                });
+                let output = match exec_projection {
+                    Some(columns) => Arc::new(fetched_schema.project(columns)?),
+                    None => fetched_schema,
+                };
+                return Ok(Arc::new(EmptyExec::new(output)));
+            }
+            Err(e) => return Err(DataFusionError::External(Box::new(e))),
+        };
         let fragment = Arc::new(Fragment {
             node: self.node.clone(),
+            client,
             context,
             sql,
             schema: fetched_schema.clone(),
         });
-        let empty = Vec::new();
-        let exec_projection = wanted.is_empty().then_some(&empty);
         Ok(Arc::new(StreamingTableExec::try_new(
             fetched_schema,
             vec![fragment],
@@ -315,6 +406,7 @@ impl TableProvider for RemoteTable {
 /// One fragment: SQL for one node, run when the plan executes.
 struct Fragment {
     node: Arc<NodeClient>,
+    client: FlightSqlServiceClient<Channel>,
     context: FragmentContext,
     sql: String,
     schema: SchemaRef,
@@ -332,14 +424,11 @@ impl PartitionStream for Fragment {
     }
 
     fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
-        let (node, context, sql, schema) = (
-            self.node.clone(),
-            self.context.clone(),
-            self.sql.clone(),
-            self.schema.clone(),
-        );
+        let (node, client, context) =
+            (self.node.clone(), self.client.clone(), self.context.clone());
+        let (sql, schema) = (self.sql.clone(), self.schema.clone());
         let stream = futures::stream::once(async move {
-            node.stream(context, sql, schema)
+            node.stream(client, context, sql, schema)
                 .await
                 .map_err(|e| DataFusionError::External(Box::new(e)))
         })

@@ -17,10 +17,14 @@ use sha2::{Digest, Sha256};
 
 use crate::CoordinatorError;
 use crate::config::{CoordinatorConfig, UserConfig};
-use crate::remote::{FragmentContext, NodeClient, RemoteTable};
+use crate::remote::{Coverage, FragmentContext, NodeClient, RemoteTable};
 
 /// Catalog name of the federated tables; schemas are node names.
 pub const CATALOG: &str = "carrow";
+/// The session setting that allows results without unreachable nodes.
+pub const ALLOW_PARTIAL: &str = "carrow.allow_partial";
+/// Result schema metadata key of the coverage manifest (JSON).
+pub const COVERAGE_KEY: &str = "carrow.coverage";
 
 /// The coordinator's state, built at start.
 pub struct CoordinatorState {
@@ -150,9 +154,16 @@ impl Backend for CoordinatorBackend {
             .project
             .clone()
             .unwrap_or_else(|| self.state.config.default_project.clone());
+        let allow_partial = meta
+            .settings
+            .get(ALLOW_PARTIAL)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let coverage = Arc::new(Coverage::default());
         let context = FragmentContext {
             project: project.clone(),
             query_id: query_id.clone(),
+            allow_partial,
+            coverage: coverage.clone(),
         };
         let config = SessionConfig::new()
             .with_default_catalog_and_schema(CATALOG, "public")
@@ -168,11 +179,16 @@ impl Backend for CoordinatorBackend {
             query_id,
             caller: caller.clone(),
             project,
+            coverage,
         }))
     }
 
     fn server_name(&self) -> String {
         "carrow coordinator".to_string()
+    }
+
+    fn settings(&self) -> &'static [&'static str] {
+        &[ALLOW_PARTIAL]
     }
 }
 
@@ -181,6 +197,7 @@ struct CoordinatorScope {
     query_id: String,
     caller: Caller,
     project: String,
+    coverage: Arc<Coverage>,
 }
 
 impl QueryScope for CoordinatorScope {
@@ -193,18 +210,22 @@ impl QueryScope for CoordinatorScope {
     }
 
     fn finish(&self, _sql: &str, outcome: Result<Released, &QueryError>) -> Option<String> {
+        let coverage = self.coverage.to_json();
+        let node_rows = self.coverage.rows();
         match outcome {
-            Ok(r) => {
-                tracing::info!(query_id = %self.query_id, user = %self.caller.user, project = %self.project, rows = r.rows, "query")
-            }
-            Err(e) => {
-                tracing::info!(query_id = %self.query_id, user = %self.caller.user, project = %self.project, error = %e, "query failed")
-            }
+            Ok(r) => tracing::info!(
+                query_id = %self.query_id, user = %self.caller.user, project = %self.project,
+                rows = r.rows, ?node_rows, %coverage, "query"
+            ),
+            Err(e) => tracing::info!(
+                query_id = %self.query_id, user = %self.caller.user, project = %self.project,
+                error = %e, %coverage, "query failed"
+            ),
         }
         None
     }
 
-    fn table_metadata(&self, _table: &str) -> HashMap<String, String> {
-        HashMap::new()
+    fn result_metadata(&self) -> HashMap<String, String> {
+        HashMap::from([(COVERAGE_KEY.to_string(), self.coverage.to_json())])
     }
 }

@@ -7,7 +7,7 @@
 //! streaming with back-pressure. What a query may see, and what is recorded
 //! about it, is decided by a [`Backend`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,7 +29,7 @@ use arrow_flight::{
     IpcMessage, SchemaAsIpc, Ticket,
 };
 use base64::Engine;
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{RecordBatch, RecordBatchOptions};
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::arrow::ipc::writer::IpcWriteOptions;
 use datafusion::common::ScalarValue;
@@ -72,6 +72,8 @@ pub struct RequestMeta {
     pub wants_receipt: bool,
     /// The upstream query id, if the caller is a coordinator.
     pub upstream_query_id: Option<String>,
+    /// The session's `SET carrow.*` settings.
+    pub settings: BTreeMap<String, String>,
 }
 
 impl RequestMeta {
@@ -85,6 +87,7 @@ impl RequestMeta {
             project: text(PROJECT_HEADER),
             wants_receipt: text(RECEIPT_HEADER).is_some_and(|v| v == "1" || v == "true"),
             upstream_query_id: text(QUERY_ID_HEADER),
+            settings: BTreeMap::new(),
         }
     }
 }
@@ -126,6 +129,11 @@ pub trait QueryScope: Send + Sync {
     fn table_metadata(&self, _table: &str) -> HashMap<String, String> {
         HashMap::new()
     }
+    /// Schema metadata of the result, known once the plan is running (the
+    /// coordinator's coverage manifest).
+    fn result_metadata(&self) -> HashMap<String, String> {
+        HashMap::new()
+    }
 }
 
 /// What an endpoint serves, and to whom.
@@ -143,6 +151,31 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<Arc<dyn QueryScope>, QueryError>;
     /// The server name reported to clients.
     fn server_name(&self) -> String;
+    /// Settings a session may change with `SET name = value` (for example
+    /// `carrow.allow_partial`); any other `SET` is refused.
+    fn settings(&self) -> &'static [&'static str] {
+        &[]
+    }
+}
+
+/// `SET name = value` (or `TO`), when `sql` is one: the lower-case name and
+/// the unquoted value.
+pub fn parse_setting(sql: &str) -> Option<(String, String)> {
+    let text = sql.trim().trim_end_matches(';').trim();
+    if !text.get(..4)?.eq_ignore_ascii_case("set ") {
+        return None;
+    }
+    let body = text[4..].trim();
+    let (name, value) = match body.split_once('=') {
+        Some(pair) => pair,
+        None => {
+            let lower = body.to_ascii_lowercase();
+            let at = lower.find(" to ")?;
+            (&body[..at], &body[at + 4..])
+        }
+    };
+    let value = value.trim().trim_matches('\'').trim_matches('"');
+    Some((name.trim().to_ascii_lowercase(), value.to_string()))
 }
 
 enum Handle {
@@ -176,10 +209,17 @@ impl Handle {
     }
 }
 
+/// A logged-in client: who, until when, and its `SET carrow.*` settings.
+struct Session {
+    caller: Caller,
+    expires: Instant,
+    settings: BTreeMap<String, String>,
+}
+
 /// A Flight SQL endpoint over a [`Backend`].
 pub struct FlightSqlEndpoint<B: Backend> {
     backend: Arc<B>,
-    sessions: Mutex<HashMap<String, (Caller, Instant)>>,
+    sessions: Mutex<HashMap<String, Session>>,
     handles: Mutex<HashMap<String, Handle>>,
     sql_info: SqlInfoData,
 }
@@ -259,7 +299,7 @@ impl<B: Backend> FlightSqlEndpoint<B> {
         if let Some(token) = header.strip_prefix("Bearer ") {
             let mut sessions = lock(&self.sessions);
             return match sessions.get(token.trim()) {
-                Some((caller, expires)) if *expires > Instant::now() => Ok(caller.clone()),
+                Some(session) if session.expires > Instant::now() => Ok(session.caller.clone()),
                 Some(_) => {
                     sessions.remove(token.trim());
                     Err(Status::unauthenticated(
@@ -281,6 +321,46 @@ impl<B: Backend> FlightSqlEndpoint<B> {
         Err(Status::unauthenticated(
             "unsupported authorization scheme: use Basic or Bearer",
         ))
+    }
+
+    fn bearer(md: &MetadataMap) -> Option<&str> {
+        md.get("authorization")?
+            .to_str()
+            .ok()?
+            .strip_prefix("Bearer ")
+            .map(str::trim)
+    }
+
+    /// The request's headers and its session's settings.
+    fn meta(&self, md: &MetadataMap) -> RequestMeta {
+        let mut meta = RequestMeta::from_metadata(md);
+        if let Some(session) =
+            Self::bearer(md).and_then(|t| lock(&self.sessions).get(t).map(|s| s.settings.clone()))
+        {
+            meta.settings = session;
+        }
+        meta
+    }
+
+    /// A `SET` of a setting the backend accepts, if `sql` is one.
+    fn accepted_setting(&self, sql: &str) -> Option<(String, String)> {
+        parse_setting(sql).filter(|(name, _)| self.backend.settings().contains(&name.as_str()))
+    }
+
+    /// Stores a setting in the caller's session.
+    fn store_setting(&self, md: &MetadataMap, name: String, value: String) -> Result<(), Status> {
+        let token = Self::bearer(md).ok_or_else(|| {
+            Status::failed_precondition("SET needs a session: log in with the handshake first")
+        })?;
+        match lock(&self.sessions).get_mut(token) {
+            Some(session) => {
+                session.settings.insert(name, value);
+                Ok(())
+            }
+            None => Err(Status::unauthenticated(
+                "unknown Bearer token: log in again",
+            )),
+        }
     }
 
     fn insert_handle(&self, handle: Handle) -> String {
@@ -335,12 +415,22 @@ impl<B: Backend> FlightSqlEndpoint<B> {
     async fn prepare_execution(
         &self,
         caller: &Caller,
-        meta: RequestMeta,
+        md: &MetadataMap,
         sql: &str,
         params: Option<Vec<ScalarValue>>,
     ) -> Result<(String, SchemaRef), Status> {
+        // `SET carrow.…` changes the session and returns no rows.
+        let setting = self.accepted_setting(sql);
+        if let Some((name, value)) = setting.clone() {
+            self.store_setting(md, name, value)?;
+        }
+        let meta = self.meta(md);
         let scope = self.backend.scope(caller, &meta, sql).await?;
-        let df = match Self::plan(scope.as_ref(), sql, params).await {
+        let planned = match setting {
+            Some(_) => scope.session().read_empty().map_err(QueryError::from),
+            None => Self::plan(scope.as_ref(), sql, params).await,
+        };
+        let df = match planned {
             Ok(df) => df,
             Err(e) => {
                 scope.finish(sql, Err(&e));
@@ -417,10 +507,7 @@ impl<B: Backend> FlightSqlEndpoint<B> {
     /// The session of a catalog call, which records nothing.
     async fn catalog_session(&self, md: &MetadataMap) -> Result<Arc<dyn QueryScope>, Status> {
         let caller = self.caller(md)?;
-        Ok(self
-            .backend
-            .scope(&caller, &RequestMeta::from_metadata(md), "")
-            .await?)
+        Ok(self.backend.scope(&caller, &self.meta(md), "").await?)
     }
 
     /// Every (catalog, schema, table, client-facing schema) the scope can see.
@@ -481,17 +568,28 @@ fn execute_stream(
                 return;
             }
         };
-        let schema = stream.schema();
+        let metadata = scope.result_metadata();
+        let schema = match metadata.is_empty() {
+            true => stream.schema(),
+            false => Arc::new(stream.schema().as_ref().clone().with_metadata(metadata)),
+        };
         let released = Arc::new(Mutex::new(Released::default()));
         let failure: Arc<Mutex<Option<datafusion::error::DataFusionError>>> =
             Arc::new(Mutex::new(None));
-        let (counter, failed) = (released.clone(), failure.clone());
+        let (counter, failed, result_schema) = (released.clone(), failure.clone(), schema.clone());
         let counted = stream.map(move |item| match item {
             Ok(batch) => {
                 let mut r = lock(&counter);
                 r.rows += batch.num_rows() as u64;
                 r.bytes += batch.get_array_memory_size() as u64;
-                Ok(batch)
+                // Same fields; the result's metadata travels with the schema.
+                let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+                RecordBatch::try_new_with_options(
+                    result_schema.clone(),
+                    batch.columns().to_vec(),
+                    &options,
+                )
+                .map_err(|e| FlightError::ExternalError(Box::new(e)))
             }
             Err(e) => {
                 *lock(&failed) = Some(e);
@@ -574,10 +672,14 @@ impl<B: Backend> FlightSqlService for FlightSqlEndpoint<B> {
         let token = random_id() + &random_id();
         {
             let mut sessions = lock(&self.sessions);
-            sessions.retain(|_, (_, expires)| *expires > Instant::now());
+            sessions.retain(|_, session| session.expires > Instant::now());
             sessions.insert(
                 token.clone(),
-                (caller.clone(), Instant::now() + SESSION_TTL),
+                Session {
+                    caller: caller.clone(),
+                    expires: Instant::now() + SESSION_TTL,
+                    settings: BTreeMap::new(),
+                },
             );
         }
         tracing::info!(user = %caller.user, role = %caller.role, "client logged in");
@@ -601,9 +703,8 @@ impl<B: Backend> FlightSqlService for FlightSqlEndpoint<B> {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let caller = self.caller(request.metadata())?;
-        let meta = RequestMeta::from_metadata(request.metadata());
         let (handle, schema) = self
-            .prepare_execution(&caller, meta, &query.query, None)
+            .prepare_execution(&caller, request.metadata(), &query.query, None)
             .await?;
         Ok(Response::new(Self::statement_info(
             handle,
@@ -618,7 +719,6 @@ impl<B: Backend> FlightSqlService for FlightSqlEndpoint<B> {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let caller = self.caller(request.metadata())?;
-        let meta = RequestMeta::from_metadata(request.metadata());
         let (sql, params) = {
             let handles = lock(&self.handles);
             let id = std::str::from_utf8(&cmd.prepared_statement_handle).unwrap_or_default();
@@ -629,7 +729,9 @@ impl<B: Backend> FlightSqlService for FlightSqlEndpoint<B> {
                 _ => return Err(Status::not_found("unknown or closed prepared statement")),
             }
         };
-        let (handle, schema) = self.prepare_execution(&caller, meta, &sql, params).await?;
+        let (handle, schema) = self
+            .prepare_execution(&caller, request.metadata(), &sql, params)
+            .await?;
         Ok(Response::new(Self::statement_info(
             handle,
             &schema,
@@ -663,9 +765,14 @@ impl<B: Backend> FlightSqlService for FlightSqlEndpoint<B> {
         request: Request<arrow_flight::Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let caller = self.caller(request.metadata())?;
-        let meta = RequestMeta::from_metadata(request.metadata());
+        let meta = self.meta(request.metadata());
         let scope = self.backend.scope(&caller, &meta, &query.query).await?;
-        let df = match Self::plan(scope.as_ref(), &query.query, None).await {
+        // A setting is applied when the prepared statement is executed.
+        let planned = match self.accepted_setting(&query.query) {
+            Some(_) => scope.session().read_empty().map_err(QueryError::from),
+            None => Self::plan(scope.as_ref(), &query.query, None).await,
+        };
+        let df = match planned {
             Ok(df) => df,
             Err(e) => {
                 scope.finish(&query.query, Err(&e));

@@ -180,6 +180,22 @@ async fn federated_answers_equal_central_answers_and_nodes_receive_pushed_down_s
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("no password"), "{}", stderr(&out));
 
+    // Every result carries the coverage manifest: each node it read, its
+    // status and data freshness.
+    let (_, manifest) = query_with_manifest(
+        &mut planner,
+        "SELECT count(*) FROM acute.admissions a JOIN council.clients c ON a.pid = c.pid",
+    )
+    .await;
+    assert_eq!(manifest["acute"]["status"], "ok", "{manifest}");
+    assert_eq!(manifest["council"]["status"], "ok", "{manifest}");
+    assert!(
+        manifest["acute"]["freshness"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("2026-")),
+        "{manifest}"
+    );
+
     // A node that goes away: queries needing it fail naming it, the others
     // are still answered.
     drop(council);
@@ -208,6 +224,47 @@ async fn federated_answers_equal_central_answers_and_nodes_receive_pushed_down_s
         )
     );
 
+    // With allow_partial, the reachable nodes' rows come back and the
+    // manifest says which node was missing; the session keeps the setting.
+    let mut partial = client(
+        coordinator.addr,
+        "planner",
+        &root.join("secrets/planner.token"),
+    )
+    .await;
+    query(&mut partial, "SET carrow.allow_partial = true")
+        .await
+        .unwrap();
+    let (batches, manifest) = query_with_manifest(&mut partial, "SELECT count(*) FROM acute.admissions WHERE pid IN (SELECT pid FROM council.clients) OR birth_year < 1930").await;
+    assert_eq!(manifest["council"]["status"], "unreachable", "{manifest}");
+    assert!(
+        manifest["council"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("node council"),
+        "{manifest}"
+    );
+    assert_eq!(manifest["acute"]["status"], "ok", "{manifest}");
+    let old = rows(
+        &central
+            .sql("SELECT count(*) FROM acute.admissions WHERE birth_year < 1930")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(rows(&batches), old, "only acute's own rows remain");
+    let err = query(&mut partial, "SET carrow.something_else = 1")
+        .await
+        .unwrap_err();
+    assert!(err.contains("read-only SELECT only"), "{err}");
+    // Another session is unaffected: it still fails, naming the node.
+    let err = query(&mut planner, "SELECT count(*) FROM council.clients")
+        .await
+        .unwrap_err();
+    assert!(err.contains("node council"), "{err}");
+
     // Wrong credentials at the coordinator are refused and named.
     let err = crate::support::try_client(coordinator.addr, "planner", "wrong")
         .await
@@ -216,6 +273,37 @@ async fn federated_answers_equal_central_answers_and_nodes_receive_pushed_down_s
         err.contains("unknown user") && err.contains("planner") && err.contains("or wrong token"),
         "{err}"
     );
+}
+
+/// Runs `sql` and returns its batches and the coverage manifest from the
+/// result's schema metadata.
+async fn query_with_manifest(
+    client: &mut arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel>,
+    sql: &str,
+) -> (
+    Vec<datafusion::arrow::array::RecordBatch>,
+    serde_json::Value,
+) {
+    use futures::StreamExt;
+    let info = client
+        .execute(sql.to_string(), None)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let mut stream = client
+        .do_get(info.endpoint[0].ticket.clone().unwrap())
+        .await
+        .unwrap();
+    let mut batches = Vec::new();
+    while let Some(batch) = stream.next().await {
+        batches.push(batch.unwrap());
+    }
+    let schema = stream.schema().expect("a schema message").clone();
+    let manifest = schema
+        .metadata()
+        .get("carrow.coverage")
+        .expect("coverage manifest")
+        .clone();
+    (batches, serde_json::from_str(&manifest).unwrap())
 }
 
 /// The demo's questions, as the binary asks them.
