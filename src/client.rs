@@ -25,18 +25,50 @@ pub async fn connect(
     Ok(client)
 }
 
-/// Runs `sql` and collects the batches.
+/// A result: its batches and its schema's metadata (the coordinator's
+/// coverage manifest travels there).
+pub struct QueryResult {
+    pub batches: Vec<RecordBatch>,
+    pub metadata: std::collections::HashMap<String, String>,
+}
+
+/// Runs `sql` and collects the result.
 pub async fn run_query(
     client: &mut FlightSqlServiceClient<Channel>,
     sql: &str,
-) -> anyhow::Result<Vec<RecordBatch>> {
+) -> anyhow::Result<QueryResult> {
     let info = client.execute(sql.to_string(), None).await?;
     let mut batches = Vec::new();
+    let mut metadata = std::collections::HashMap::new();
     for endpoint in info.endpoint {
         let ticket = endpoint
             .ticket
             .context("the server sent an endpoint without a ticket")?;
-        batches.extend(client.do_get(ticket).await?.try_collect::<Vec<_>>().await?);
+        let mut stream = client.do_get(ticket).await?;
+        while let Some(batch) = stream.try_next().await? {
+            batches.push(batch);
+        }
+        if let Some(schema) = stream.schema() {
+            metadata.extend(schema.metadata().clone());
+        }
     }
-    Ok(batches)
+    Ok(QueryResult { batches, metadata })
+}
+
+/// A one-line summary of a coverage manifest: `acute ok (data to 2026-10-31), ...`.
+pub fn coverage_line(metadata: &std::collections::HashMap<String, String>) -> Option<String> {
+    let manifest: serde_json::Value =
+        serde_json::from_str(metadata.get("carrow.coverage")?).ok()?;
+    let parts: Vec<String> = manifest
+        .as_object()?
+        .iter()
+        .map(|(node, c)| {
+            let status = c["status"].as_str().unwrap_or("?");
+            match c["freshness"].as_str() {
+                Some(f) => format!("{node} {status} (data to {f})"),
+                None => format!("{node} {status}"),
+            }
+        })
+        .collect();
+    Some(parts.join(", "))
 }

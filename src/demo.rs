@@ -118,10 +118,13 @@ async fn run_in(dir: &Path, people: usize, seed: u64) -> anyhow::Result<()> {
     for (title, sql) in QUESTIONS {
         println!("\n== {title}");
         let asked = Instant::now();
-        let batches = client::run_query(&mut planner, sql)
+        let result = client::run_query(&mut planner, sql)
             .await
             .with_context(|| format!("question: {title}"))?;
-        println!("{}", pretty_format_batches(&batches)?);
+        println!("{}", pretty_format_batches(&result.batches)?);
+        let coverage =
+            client::coverage_line(&result.metadata).unwrap_or_else(|| "not reported".into());
+        println!("   coverage: {coverage}");
         println!("   ({:.0} ms)", asked.elapsed().as_secs_f64() * 1000.0);
     }
 

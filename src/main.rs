@@ -221,13 +221,16 @@ fn run(command: Command) -> anyhow::Result<()> {
                 if let Some(project) = project {
                     client.set_header("x-carrow-project", project);
                 }
-                let batches = client::run_query(&mut client, &sql).await?;
+                let result = client::run_query(&mut client, &sql).await?;
                 println!(
                     "{}",
-                    datafusion::arrow::util::pretty::pretty_format_batches(&batches)?
+                    datafusion::arrow::util::pretty::pretty_format_batches(&result.batches)?
                 );
-                let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+                let rows: usize = result.batches.iter().map(|b| b.num_rows()).sum();
                 println!("{rows} rows");
+                if let Some(coverage) = client::coverage_line(&result.metadata) {
+                    println!("coverage: {coverage}");
+                }
                 Ok(())
             })
         }

@@ -326,6 +326,8 @@ fn carrow_demo_runs_end_to_end() {
         "Emergency admissions among adult social care clients",
         "Long-term conditions of people in residential or nursing care",
         "chain intact",
+        "coverage: acute ok (data to 2026-",
+        "council ok (data to 2026-",
         "demo finished",
     ] {
         assert!(text.contains(heading), "missing {heading:?} in\n{text}");
