@@ -50,7 +50,7 @@ pub struct NodeCoverage {
     /// result's schema, before any row, so it is logged, not sent.
     #[serde(skip)]
     pub rows: u64,
-    /// The newest freshness of the node's tables this query read.
+    /// The oldest freshness among the node's tables this query read.
     pub freshness: Option<String>,
     /// Why the node is missing, if it is.
     pub error: Option<String>,
@@ -367,7 +367,11 @@ impl TableProvider for RemoteTable {
                 let freshness = self.freshness.clone();
                 context.coverage.update(node, |c| {
                     c.status = "ok".into();
-                    c.freshness = c.freshness.clone().max(freshness);
+                    // The stalest table read says how current the node's part is.
+                    c.freshness = match (c.freshness.take(), freshness) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
                 });
                 client
             }
