@@ -29,6 +29,9 @@ pub struct CoordinatorConfig {
     /// Milliseconds a node may take to answer one fragment.
     #[serde(default = "default_query_timeout_ms")]
     pub query_timeout_ms: u64,
+    /// Seconds between refreshes of the node catalog (0: only at start).
+    #[serde(default = "default_catalog_refresh_secs")]
+    pub catalog_refresh_secs: u64,
     /// Memory for query execution (joins, sorts, aggregates), in MiB; work
     /// beyond it spills to disk.
     #[serde(default = "default_memory_limit_mb")]
@@ -76,6 +79,10 @@ pub struct NodeEndpoint {
     pub user: String,
     /// File holding the token the node expects (mode 0600).
     pub token_file: PathBuf,
+}
+
+fn default_catalog_refresh_secs() -> u64 {
+    60
 }
 
 fn default_memory_limit_mb() -> usize {

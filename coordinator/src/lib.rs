@@ -46,6 +46,7 @@ pub struct RunningCoordinator {
     /// Its state: the node catalog.
     pub state: Arc<CoordinatorState>,
     server: carrow_sql::flight::RunningServer,
+    refresher: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl RunningCoordinator {
@@ -62,15 +63,31 @@ impl RunningCoordinator {
                 source,
             })?;
         tracing::info!(addr = %server.addr, "coordinator serving Flight SQL");
+        let refresher = (state.refresh_interval() > 0).then(|| {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let period = std::time::Duration::from_secs(state.refresh_interval());
+                loop {
+                    tokio::time::sleep(period).await;
+                    if let Err(e) = state.refresh().await {
+                        tracing::error!(error = %e, "catalog refresh failed");
+                    }
+                }
+            })
+        });
         Ok(Self {
             addr: server.addr,
             state,
             server,
+            refresher,
         })
     }
 
     /// Stops serving and waits for the server to finish.
     pub async fn stop(self) -> Result<(), CoordinatorError> {
+        if let Some(refresher) = &self.refresher {
+            refresher.abort();
+        }
         self.server.stop().await.map_err(CoordinatorError::Serve)
     }
 

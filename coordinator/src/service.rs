@@ -32,8 +32,9 @@ pub struct CoordinatorState {
     /// Shared by every query: one memory pool, spilling to disk beyond it.
     runtime: Arc<RuntimeEnv>,
     catalog: Arc<MemoryCatalogProvider>,
-    /// Nodes that did not answer at start, with the reason.
-    unreachable: Vec<(String, String)>,
+    nodes: Vec<Arc<NodeClient>>,
+    /// Nodes that did not answer the last catalog refresh, with the reason.
+    unreachable: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 impl std::fmt::Debug for CoordinatorState {
@@ -45,11 +46,10 @@ impl std::fmt::Debug for CoordinatorState {
 }
 
 impl CoordinatorState {
-    /// Reads every node's token, lists every node's tables and builds the
-    /// catalog. A node that does not answer is reported and left out.
+    /// Reads every node's token, then lists every node's tables (see
+    /// [`refresh`](Self::refresh)).
     pub async fn build(config: CoordinatorConfig) -> Result<Self, CoordinatorError> {
-        let catalog = Arc::new(MemoryCatalogProvider::new());
-        let mut unreachable = Vec::new();
+        let mut nodes = Vec::new();
         for endpoint in &config.nodes {
             let token = std::fs::read_to_string(&endpoint.token_file).map_err(|source| {
                 CoordinatorError::Token {
@@ -57,13 +57,35 @@ impl CoordinatorState {
                     source,
                 }
             })?;
-            let client = Arc::new(NodeClient::new(
+            nodes.push(Arc::new(NodeClient::new(
                 endpoint,
                 token.trim().to_string(),
                 Duration::from_millis(config.connect_timeout_ms),
                 Duration::from_millis(config.query_timeout_ms),
-            ));
-            match client.tables(&config.default_project).await {
+            )));
+        }
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(config.memory_limit_mb * 1024 * 1024, 1.0)
+            .build_arc()
+            .map_err(|e| CoordinatorError::Catalog(format!("runtime: {e}")))?;
+        let state = Self {
+            config,
+            runtime,
+            catalog: Arc::new(MemoryCatalogProvider::new()),
+            nodes,
+            unreachable: std::sync::Mutex::new(Vec::new()),
+        };
+        state.refresh().await?;
+        Ok(state)
+    }
+
+    /// Lists every node's published tables and replaces its schema in the
+    /// catalog. A node that does not answer keeps the schema it had (its
+    /// queries fail, naming it, until it is back) and is reported.
+    pub async fn refresh(&self) -> Result<(), CoordinatorError> {
+        let mut unreachable = Vec::new();
+        for client in &self.nodes {
+            match client.tables(&self.config.default_project).await {
                 Ok(tables) => {
                     let schema = Arc::new(MemorySchemaProvider::new());
                     for (name, table_schema) in tables {
@@ -72,32 +94,32 @@ impl CoordinatorState {
                             .register_table(name, Arc::new(table))
                             .map_err(|e| CoordinatorError::Catalog(e.to_string()))?;
                     }
-                    tracing::info!(node = %endpoint.name, tables = ?schema.table_names(), "node catalog loaded");
-                    catalog
-                        .register_schema(&endpoint.name, schema)
+                    tracing::debug!(node = %client.name, tables = ?schema.table_names(), "node catalog loaded");
+                    self.catalog
+                        .register_schema(&client.name, schema)
                         .map_err(|e| CoordinatorError::Catalog(e.to_string()))?;
                 }
                 Err(e) => {
-                    tracing::error!(node = %endpoint.name, error = %e, "node unreachable at start");
-                    unreachable.push((endpoint.name.clone(), e.to_string()));
+                    tracing::warn!(node = %client.name, error = %e, "node did not answer the catalog refresh");
+                    unreachable.push((client.name.clone(), e.to_string()));
                 }
             }
         }
-        let runtime = RuntimeEnvBuilder::new()
-            .with_memory_limit(config.memory_limit_mb * 1024 * 1024, 1.0)
-            .build_arc()
-            .map_err(|e| CoordinatorError::Catalog(format!("runtime: {e}")))?;
-        Ok(Self {
-            config,
-            runtime,
-            catalog,
-            unreachable,
-        })
+        *self.unreachable.lock().unwrap_or_else(|p| p.into_inner()) = unreachable;
+        Ok(())
     }
 
-    /// Nodes that did not answer at start.
-    pub fn unreachable(&self) -> &[(String, String)] {
-        &self.unreachable
+    /// Nodes that did not answer the last catalog refresh.
+    pub fn unreachable(&self) -> Vec<(String, String)> {
+        self.unreachable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Seconds between catalog refreshes (0: never).
+    pub fn refresh_interval(&self) -> u64 {
+        self.config.catalog_refresh_secs
     }
 
     fn user(&self, name: &str) -> Option<&UserConfig> {

@@ -147,6 +147,7 @@ pub fn generate(opts: &GenerateOptions) -> Result<Summary, SynthError> {
         connect_timeout_ms: 2_000,
         query_timeout_ms: 60_000,
         memory_limit_mb: 2_048,
+        catalog_refresh_secs: 60,
         nodes: endpoints,
         users: vec![UserConfig {
             name: "planner".into(),

@@ -27,18 +27,32 @@ impl Drop for CoordinatorProcess {
 
 /// Starts a coordinator over running nodes, rewriting their addresses.
 fn start_coordinator(root: &Path, nodes: &[(&str, &NodeProcess)]) -> CoordinatorProcess {
+    let addrs: Vec<(&str, SocketAddr)> = nodes
+        .iter()
+        .map(|(name, node)| (*name, node.addr))
+        .collect();
+    start_coordinator_at(root, &addrs, |_| {})
+}
+
+/// Starts a coordinator with the given node addresses and config changes.
+fn start_coordinator_at(
+    root: &Path,
+    nodes: &[(&str, SocketAddr)],
+    change: impl FnOnce(&mut carrow_coordinator::CoordinatorConfig),
+) -> CoordinatorProcess {
     let path = root.join("coordinator/coordinator.toml");
     let mut config: carrow_coordinator::CoordinatorConfig =
         toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    for (name, node) in nodes {
+    for (name, addr) in nodes {
         config
             .nodes
             .iter_mut()
             .find(|n| n.name == *name)
             .unwrap()
-            .url = format!("http://{}", node.addr);
+            .url = format!("http://{addr}");
     }
     config.listen = "127.0.0.1:0".into();
+    change(&mut config);
     std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
     let mut child = carrow()
         .args(["coordinator", "--config", path.to_str().unwrap()])
@@ -314,6 +328,61 @@ fn carrow_demo_questions() -> Vec<&'static str> {
         "SELECT g.condition, count(DISTINCT g.pid) AS people FROM gp.conditions g JOIN council.care_packages k ON g.pid = k.pid WHERE k.service_type IN ('Residential', 'Nursing') GROUP BY g.condition ORDER BY people DESC, g.condition",
         "SELECT deprivation_decile, count(*) AS people FROM gp.registrations GROUP BY deprivation_decile ORDER BY deprivation_decile",
     ]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_that_was_down_at_start_joins_at_the_next_catalog_refresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    generate(root, 500, 62);
+    let acute = NodeProcess::start(&root.join("acute/node.toml"));
+    let council = NodeProcess::start(&root.join("council/node.toml"));
+    // Reserve a port for gp, which is not running yet.
+    let gp_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let coordinator = start_coordinator_at(
+        root,
+        &[
+            ("acute", acute.addr),
+            ("council", council.addr),
+            ("gp", gp_addr),
+        ],
+        |c| {
+            c.catalog_refresh_secs = 1;
+            c.connect_timeout_ms = 300;
+        },
+    );
+    let mut planner = client(
+        coordinator.addr,
+        "planner",
+        &root.join("secrets/planner.token"),
+    )
+    .await;
+    let err = query(&mut planner, "SELECT count(*) FROM gp.registrations")
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("gp.registrations") && err.contains("not found"),
+        "{err}"
+    );
+    query(&mut planner, "SELECT count(*) FROM acute.admissions")
+        .await
+        .unwrap();
+
+    let gp = NodeProcess::start_on(&root.join("gp/node.toml"), &gp_addr.to_string());
+    let mut answered = None;
+    for _ in 0..40 {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        if let Ok(batches) = query(&mut planner, "SELECT count(*) FROM gp.registrations").await {
+            answered = Some(rows(&batches));
+            break;
+        }
+    }
+    let answered = answered.expect("gp joined the catalog after a refresh");
+    assert!(answered[0][0].parse::<u64>().unwrap() > 0);
+    drop(gp);
 }
 
 #[test]

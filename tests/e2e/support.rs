@@ -53,11 +53,16 @@ pub struct NodeProcess {
 impl NodeProcess {
     /// Starts `carrow node --config CONFIG` listening on 127.0.0.1:0.
     pub fn start(config: &Path) -> Self {
+        Self::start_on(config, "127.0.0.1:0")
+    }
+
+    /// Starts `carrow node --config CONFIG` listening on `listen`.
+    pub fn start_on(config: &Path, listen: &str) -> Self {
         let stderr_path = config.with_extension("stderr.log");
         let stderr_file = std::fs::File::create(&stderr_path).unwrap();
         let mut child = carrow()
             .args(["node", "--config", config.to_str().unwrap()])
-            .env("CARROW_NODE__LISTEN", "127.0.0.1:0")
+            .env("CARROW_NODE__LISTEN", listen)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr_file))
