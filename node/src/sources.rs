@@ -2,7 +2,6 @@
 //! DataFusion session that queries never see directly.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
@@ -100,6 +99,3 @@ fn all_text_schema(path: &Path, delimiter: u8) -> Result<Schema, String> {
         .collect();
     Ok(Schema::new(fields))
 }
-
-/// Shared handle to the private session holding the sources.
-pub type SourceSession = Arc<SessionContext>;
