@@ -254,11 +254,19 @@ impl NodeClient {
     }
 }
 
-/// One published table of one node.
+/// What a remote table reads at its node: a published table, or a query
+/// over the node's tables that the coordinator pushed down whole.
+#[derive(Debug, Clone)]
+pub enum RemoteSource {
+    Table(String),
+    Query(String),
+}
+
+/// One published table of one node, or a pushed-down query at one node.
 #[derive(Debug)]
 pub struct RemoteTable {
     node: Arc<NodeClient>,
-    table: String,
+    source: RemoteSource,
     schema: SchemaRef,
     freshness: Option<String>,
 }
@@ -271,9 +279,46 @@ impl RemoteTable {
         let schema = Arc::new(Schema::new(schema.fields().clone()));
         Self {
             node,
-            table,
+            source: RemoteSource::Table(table),
             schema,
             freshness,
+        }
+    }
+
+    /// A query run whole at `node`, returning `schema`.
+    pub fn query(
+        node: Arc<NodeClient>,
+        sql: String,
+        schema: SchemaRef,
+        freshness: Option<String>,
+    ) -> Self {
+        Self {
+            node,
+            source: RemoteSource::Query(sql),
+            schema,
+            freshness,
+        }
+    }
+
+    /// The node this table reads.
+    pub fn node(&self) -> &Arc<NodeClient> {
+        &self.node
+    }
+
+    /// What it reads there.
+    pub fn source(&self) -> &RemoteSource {
+        &self.source
+    }
+
+    /// The freshness the node reported for it.
+    pub fn freshness(&self) -> Option<&str> {
+        self.freshness.as_deref()
+    }
+
+    fn sql_relation(&self) -> String {
+        match &self.source {
+            RemoteSource::Table(table) => quote(table),
+            RemoteSource::Query(sql) => format!("({sql}) AS \"q\""),
         }
     }
 }
@@ -345,7 +390,7 @@ impl TableProvider for RemoteTable {
             .iter()
             .map(|f| quote(f.name()))
             .collect();
-        let mut sql = format!("SELECT {} FROM {}", columns.join(", "), quote(&self.table));
+        let mut sql = format!("SELECT {} FROM {}", columns.join(", "), self.sql_relation());
         let conditions: Vec<String> = filters
             .iter()
             .filter_map(filter_sql)

@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::CoordinatorError;
 use crate::config::{CoordinatorConfig, UserConfig};
+use crate::pushdown::PushToNode;
 use crate::remote::{Coverage, FragmentContext, NodeClient, RemoteTable};
 
 /// Catalog name of the federated tables; schemas are node names.
@@ -192,6 +193,7 @@ impl Backend for CoordinatorBackend {
             .with_information_schema(false)
             .with_extension(Arc::new(context));
         let session = SessionContext::new_with_config_rt(config, self.state.runtime.clone());
+        session.add_optimizer_rule(Arc::new(PushToNode));
         session.register_catalog(
             CATALOG,
             self.state.catalog.clone() as Arc<dyn CatalogProvider>,

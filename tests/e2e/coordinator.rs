@@ -149,20 +149,54 @@ async fn federated_answers_equal_central_answers_and_nodes_receive_pushed_down_s
         assert_eq!(federated, expected, "{sql}");
     }
 
-    // Snapshot of what the node received for a filtered scan: projection and
-    // filters as SQL, not the whole table.
-    let log = std::fs::read_to_string(root.join("acute/audit.jsonl")).unwrap();
-    let fragment = log
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .map(|r| r["body"]["sql"].as_str().unwrap_or("").to_string())
-        .find(|sql| sql.contains("emergency") && sql.contains("1950"))
-        .expect("the filtered fragment reached acute");
-    assert_eq!(
-        fragment,
-        // count(*) needs no column: one is fetched and projected away here.
-        "SELECT \"pid\" FROM \"admissions\" WHERE ((admission_method = 'emergency')) AND ((birth_year < 1950))"
-    );
+    // Snapshots of the SQL each node received, one per pushdown shape, so a
+    // lost pushdown fails here.
+    let received = |org: &str| -> Vec<String> {
+        std::fs::read_to_string(root.join(format!("{org}/audit.jsonl")))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["body"]["sql"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect()
+    };
+    for (org, shape, sql) in [
+        (
+            "acute",
+            "one side of a cross-node join: projection and filters",
+            "SELECT \"pid\", \"deprivation_decile\" FROM \"admissions\" WHERE ((birth_year <= 1951)) AND ((admission_date >= CAST('2025-11-01' AS DATE)))",
+        ),
+        (
+            "acute",
+            "single-node aggregate with filters",
+            "SELECT \"c0\" FROM (SELECT \"count(*)\" AS c0 FROM (SELECT count(1) AS \"count(*)\" FROM acute.admissions WHERE ((admissions.admission_method = 'emergency') AND (admissions.birth_year < 1950)))) AS \"q\"",
+        ),
+        (
+            "acute",
+            "single-node sort and limit",
+            "SELECT \"c0\" FROM (SELECT admissions.primary_diagnosis AS c0 FROM (SELECT admissions.primary_diagnosis FROM (SELECT admissions.primary_diagnosis, admissions.admission_date FROM acute.admissions WHERE (admissions.deprivation_decile = 1) ORDER BY admissions.admission_date DESC NULLS FIRST, admissions.primary_diagnosis ASC NULLS LAST LIMIT 5))) AS \"q\"",
+        ),
+        (
+            "council",
+            "single-node join and aggregate",
+            "SELECT \"c0\", \"c1\" FROM (SELECT area_name AS c0, count(pid) AS c1 FROM (SELECT a.area_name, c.pid FROM council.areas AS a LEFT OUTER JOIN council.clients AS c ON a.area_code = c.area_code) GROUP BY area_name) AS \"q\"",
+        ),
+        (
+            "gp",
+            "single-node group by and order by",
+            "SELECT \"c0\", \"c1\" FROM (SELECT registrations.deprivation_decile AS c0, people AS c1 FROM (SELECT registrations.deprivation_decile, count(1) AS people FROM gp.registrations GROUP BY registrations.deprivation_decile ORDER BY registrations.deprivation_decile ASC NULLS LAST)) AS \"q\"",
+        ),
+    ] {
+        let got = received(org);
+        assert!(
+            got.iter().any(|s| s == sql),
+            "{shape}: node {org} did not receive\n{sql}\nit received:\n{}",
+            got.join("\n")
+        );
+    }
 
     // `carrow sql` prints the same answer; the password comes from a file.
     let sql = "SELECT count(*) AS n FROM gp.registrations WHERE sex = 'F'";

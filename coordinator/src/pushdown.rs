@@ -1,0 +1,156 @@
+//! Whole-subtree pushdown: an optimizer rule that finds the largest parts of
+//! a plan that read one node only and contain work worth sending (joins,
+//! aggregates, sorts, limits, windows), and replaces each with one remote
+//! query that the node runs whole, as SQL its log can show.
+
+use std::any::Any;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{Column, Result};
+use datafusion::datasource::{provider_as_source, source_as_provider};
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, col};
+use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
+use datafusion::sql::unparser::Unparser;
+
+use crate::remote::{RemoteSource, RemoteTable};
+
+/// The rule; add it after DataFusion's own optimizer rules.
+#[derive(Debug, Default)]
+pub struct PushToNode;
+
+/// The node every leaf of `plan` reads, when they are all published tables
+/// of the same node and every operator can be sent as SQL.
+fn single_node(plan: &LogicalPlan) -> Option<(String, Vec<Arc<RemoteTable>>)> {
+    let mut nodes = HashSet::new();
+    let mut leaves = Vec::new();
+    let mut supported = true;
+    plan.apply(|p| {
+        match p {
+            LogicalPlan::TableScan(scan) => match remote_table(scan) {
+                Some(table) if matches!(table.source(), RemoteSource::Table(_)) => {
+                    nodes.insert(table.node().name.clone());
+                    leaves.push(table);
+                }
+                _ => supported = false,
+            },
+            LogicalPlan::Projection(_)
+            | LogicalPlan::Filter(_)
+            | LogicalPlan::Aggregate(_)
+            | LogicalPlan::Join(_)
+            | LogicalPlan::Sort(_)
+            | LogicalPlan::Limit(_)
+            | LogicalPlan::SubqueryAlias(_)
+            | LogicalPlan::Distinct(_)
+            | LogicalPlan::Window(_) => {}
+            _ => supported = false,
+        }
+        Ok(if supported {
+            TreeNodeRecursion::Continue
+        } else {
+            TreeNodeRecursion::Stop
+        })
+    })
+    .ok()?;
+    (supported && nodes.len() == 1).then(|| (nodes.into_iter().next().expect("one node"), leaves))
+}
+
+fn remote_table(scan: &datafusion::logical_expr::TableScan) -> Option<Arc<RemoteTable>> {
+    let provider = source_as_provider(&scan.source).ok()?;
+    let any: Arc<dyn Any + Send + Sync> = provider;
+    any.downcast::<RemoteTable>().ok()
+}
+
+/// Whether sending `plan` saves work over sending its scans alone.
+fn worth_pushing(plan: &LogicalPlan) -> bool {
+    let mut worth = false;
+    let _ = plan.apply(|p| {
+        worth |= matches!(
+            p,
+            LogicalPlan::Aggregate(_)
+                | LogicalPlan::Join(_)
+                | LogicalPlan::Sort(_)
+                | LogicalPlan::Limit(_)
+                | LogicalPlan::Distinct(_)
+                | LogicalPlan::Window(_)
+        );
+        Ok(if worth {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    });
+    worth
+}
+
+/// Replaces `plan` by one remote query at the node of `leaves`, or returns
+/// `None` when it cannot be written as SQL.
+fn push(plan: &LogicalPlan, leaves: &[Arc<RemoteTable>]) -> Option<LogicalPlan> {
+    // Output columns get positional names, so duplicate names (a.pid, b.pid)
+    // survive the trip; a projection here restores names and qualifiers.
+    let fields: Vec<(
+        Option<datafusion::common::TableReference>,
+        Arc<datafusion::arrow::datatypes::Field>,
+    )> = plan
+        .schema()
+        .iter()
+        .map(|(q, f)| (q.cloned(), f.clone()))
+        .collect();
+    let positional: Vec<Expr> = fields
+        .iter()
+        .enumerate()
+        .map(|(i, (q, f))| Expr::Column(Column::new(q.clone(), f.name())).alias(format!("c{i}")))
+        .collect();
+    let wrapped = LogicalPlanBuilder::from(plan.clone())
+        .project(positional)
+        .ok()?
+        .build()
+        .ok()?;
+    let sql = Unparser::default().plan_to_sql(&wrapped).ok()?.to_string();
+    let schema = Arc::new(wrapped.schema().as_arrow().clone());
+    let freshness = leaves
+        .iter()
+        .filter_map(|t| t.freshness().map(str::to_string))
+        .min();
+    let remote = RemoteTable::query(leaves[0].node().clone(), sql, schema, freshness);
+    let restore: Vec<Expr> = fields
+        .iter()
+        .enumerate()
+        .map(|(i, (q, f))| {
+            col(Column::new_unqualified(format!("c{i}"))).alias_qualified(q.clone(), f.name())
+        })
+        .collect();
+    LogicalPlanBuilder::scan(
+        format!("{}_pushed", leaves[0].node().name),
+        provider_as_source(Arc::new(remote)),
+        None,
+    )
+    .ok()?
+    .project(restore)
+    .ok()?
+    .build()
+    .ok()
+}
+
+impl OptimizerRule for PushToNode {
+    fn name(&self) -> &str {
+        "carrow_push_to_node"
+    }
+
+    fn rewrite(
+        &self,
+        plan: LogicalPlan,
+        _config: &dyn OptimizerConfig,
+    ) -> Result<Transformed<LogicalPlan>> {
+        plan.transform_down(|node| {
+            if let Some((_, leaves)) = single_node(&node)
+                && worth_pushing(&node)
+                && let Some(pushed) = push(&node, &leaves)
+            {
+                return Ok(Transformed::new(pushed, true, TreeNodeRecursion::Jump));
+            }
+            Ok(Transformed::no(node))
+        })
+    }
+}
