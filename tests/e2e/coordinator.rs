@@ -131,13 +131,7 @@ async fn federated_answers_equal_central_answers_and_nodes_receive_pushed_down_s
     )
     .await;
     let mut questions: Vec<&str> = carrow_demo_questions();
-    questions.extend([
-        "SELECT count(*) FROM acute.admissions WHERE admission_method = 'emergency' AND birth_year < 1950",
-        "SELECT sex, count(*) FROM gp.registrations GROUP BY sex",
-        "SELECT a.area_name, count(c.pid) FROM council.areas a LEFT JOIN council.clients c ON c.area_code = a.area_code GROUP BY a.area_name",
-        "SELECT primary_diagnosis FROM acute.admissions WHERE deprivation_decile = 1 ORDER BY admission_date DESC, primary_diagnosis LIMIT 5",
-        "SELECT count(*) FROM gp.registrations r WHERE r.pid IN (SELECT pid FROM council.clients)",
-    ]);
+    questions.extend(DIFFERENTIAL);
     for sql in questions {
         let federated = rows(
             &query(&mut planner, sql)
@@ -353,6 +347,42 @@ async fn query_with_manifest(
         .clone();
     (batches, serde_json::from_str(&manifest).unwrap())
 }
+
+/// Queries run federated and centrally; both must give the same rows.
+const DIFFERENTIAL: &[&str] = &[
+    // single node: filters, aggregates, sorts, limits, windows, subqueries
+    "SELECT count(*) FROM acute.admissions WHERE admission_method = 'emergency' AND birth_year < 1950",
+    "SELECT sex, count(*) FROM gp.registrations GROUP BY sex",
+    "SELECT primary_diagnosis FROM acute.admissions WHERE deprivation_decile = 1 ORDER BY admission_date DESC, primary_diagnosis LIMIT 5",
+    "SELECT condition, count(*) AS n, min(diagnosed_on), max(diagnosed_on) FROM gp.conditions GROUP BY condition",
+    "SELECT service_type, round(avg(weekly_cost), 2), count(*) FROM council.care_packages GROUP BY service_type",
+    "SELECT area_code, count(*) FROM council.clients GROUP BY area_code HAVING count(*) > 3",
+    "SELECT DISTINCT practice_code FROM gp.registrations WHERE deprivation_decile <= 2",
+    "SELECT birth_year / 10 * 10 AS decade, count(*) FROM gp.registrations GROUP BY 1",
+    "SELECT pid, n FROM (SELECT pid, count(*) AS n FROM acute.admissions GROUP BY pid) WHERE n >= 3",
+    "SELECT area_code, rank() OVER (ORDER BY count(*) DESC, area_code) FROM council.clients GROUP BY area_code",
+    "SELECT service_type, weekly_cost, row_number() OVER (PARTITION BY service_type ORDER BY weekly_cost DESC, pid) AS r FROM council.care_packages ORDER BY r, service_type LIMIT 15",
+    "SELECT count(*) FROM gp.conditions WHERE pid IN (SELECT pid FROM gp.conditions WHERE condition = 'dementia') AND condition = 'diabetes'",
+    "SELECT a.area_name, count(c.pid) FROM council.areas a LEFT JOIN council.clients c ON c.area_code = a.area_code GROUP BY a.area_name",
+    "SELECT k.service_type, count(DISTINCT c.pid) FROM council.clients c JOIN council.care_packages k ON c.pid = k.pid GROUP BY k.service_type",
+    "SELECT admission_method, count(*) FROM acute.admissions WHERE discharge_date IS NULL GROUP BY admission_method",
+    "SELECT max(admission_date), min(admission_date) FROM acute.admissions",
+    "SELECT sex, deprivation_decile, count(*) FROM gp.registrations GROUP BY ROLLUP (sex, deprivation_decile)",
+    // across nodes: joins on pid, semi and anti joins, unions
+    "SELECT count(*) FROM gp.registrations r WHERE r.pid IN (SELECT pid FROM council.clients)",
+    "SELECT count(*) FROM council.clients c WHERE NOT EXISTS (SELECT 1 FROM gp.registrations r WHERE r.pid = c.pid)",
+    "SELECT r.deprivation_decile, count(DISTINCT a.pid) FROM gp.registrations r JOIN acute.admissions a ON a.pid = r.pid WHERE a.admission_method = 'emergency' GROUP BY 1",
+    "SELECT g.condition, a.admission_method, count(*) FROM gp.conditions g JOIN acute.admissions a ON a.pid = g.pid GROUP BY 1, 2",
+    "SELECT c.area_code, count(DISTINCT a.pid), count(DISTINCT g.pid) FROM council.clients c LEFT JOIN acute.admissions a ON a.pid = c.pid LEFT JOIN gp.conditions g ON g.pid = c.pid GROUP BY 1",
+    "SELECT x.pid_count FROM (SELECT count(DISTINCT pid) AS pid_count FROM acute.admissions UNION ALL SELECT count(DISTINCT pid) FROM council.clients) x",
+    "SELECT count(*) FROM (SELECT pid FROM acute.admissions INTERSECT SELECT pid FROM council.clients)",
+    "SELECT count(*) FROM (SELECT pid FROM council.clients EXCEPT SELECT pid FROM acute.admissions)",
+    "SELECT k.service_type, a.primary_diagnosis, count(*) AS n FROM council.care_packages k JOIN acute.admissions a ON a.pid = k.pid GROUP BY 1, 2 ORDER BY n DESC, 1, 2 LIMIT 10",
+    "SELECT r.sex, avg(k.weekly_cost) > 0 FROM gp.registrations r JOIN council.care_packages k ON k.pid = r.pid GROUP BY r.sex",
+    "SELECT a.pid IS NOT NULL AS admitted, count(*) FROM council.clients c LEFT JOIN (SELECT DISTINCT pid FROM acute.admissions) a ON a.pid = c.pid GROUP BY 1",
+    "SELECT r.deprivation_decile, sum(CASE WHEN c.pid IS NULL THEN 0 ELSE 1 END) FROM gp.registrations r LEFT JOIN council.clients c ON c.pid = r.pid GROUP BY 1",
+    "SELECT ar.deprivation_decile, count(DISTINCT a.pid) FROM acute.admissions a JOIN council.areas ar ON ar.area_code = a.area_code GROUP BY 1",
+];
 
 /// The demo's questions, as the binary asks them.
 fn carrow_demo_questions() -> Vec<&'static str> {
