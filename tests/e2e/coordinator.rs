@@ -192,6 +192,30 @@ async fn federated_answers_equal_central_answers_and_nodes_receive_pushed_down_s
         );
     }
 
+    // The reference client asks the demo questions and gets the same answers.
+    let adbc_queries: Vec<serde_json::Value> = carrow_demo_questions()
+        .iter()
+        .map(|q| serde_json::json!({ "sql": q }))
+        .collect();
+    let out = crate::adbc::adbc(
+        &format!("grpc://{}", coordinator.addr),
+        "planner",
+        &root.join("secrets/planner.token"),
+        serde_json::Value::Array(adbc_queries),
+    );
+    for (i, sql) in carrow_demo_questions().iter().enumerate() {
+        let result = &out["results"][i];
+        assert_eq!(result["ok"], true, "{sql}: {result}");
+        let expected = rows(&central.sql(sql).await.unwrap().collect().await.unwrap());
+        assert_eq!(result["rows"], serde_json::json!(expected), "{sql}");
+    }
+    assert_eq!(
+        out["tables"].as_array().unwrap().len(),
+        6,
+        "{}",
+        out["tables"]
+    );
+
     // `carrow sql` prints the same answer; the password comes from a file.
     let sql = "SELECT count(*) AS n FROM gp.registrations WHERE sex = 'F'";
     let expected = rows(&central.sql(sql).await.unwrap().collect().await.unwrap());
