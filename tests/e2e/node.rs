@@ -16,6 +16,8 @@ use crate::support::{
     NodeProcess, client, generate, local_query, query, rows, run, stderr, try_client,
 };
 
+type FlightClient = arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel>;
+
 /// A generated region with one node running per organisation.
 struct Region {
     _dir: tempfile::TempDir,
@@ -48,28 +50,22 @@ impl Region {
         }
     }
 
-    async fn operator(
-        &self,
-        org: &str,
-    ) -> arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel> {
+    /// Logged in to `org`'s node as `user` (operator or coordinator).
+    async fn login(&self, org: &str, user: &str) -> FlightClient {
         client(
             self.node(org).addr,
-            "operator",
-            &self.secret(&format!("operator-{org}.token")),
+            user,
+            &self.secret(&format!("{user}-{org}.token")),
         )
         .await
     }
 
-    async fn coordinator(
-        &self,
-        org: &str,
-    ) -> arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel> {
-        client(
-            self.node(org).addr,
-            "coordinator",
-            &self.secret(&format!("coordinator-{org}.token")),
-        )
-        .await
+    async fn operator(&self, org: &str) -> FlightClient {
+        self.login(org, "operator").await
+    }
+
+    async fn coordinator(&self, org: &str) -> FlightClient {
+        self.login(org, "coordinator").await
     }
 
     fn secret(&self, name: &str) -> PathBuf {
