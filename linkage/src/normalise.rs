@@ -200,15 +200,37 @@ pub fn date_of_birth(raw: &str) -> Option<BirthDate> {
 
 /// [`date_of_birth`] with an explicit "today", for reproducible tests.
 pub fn date_of_birth_as_of(raw: &str, today: NaiveDate) -> Option<BirthDate> {
-    let date = parse_date(raw.trim())?;
+    let raw = raw.trim();
+    // The common shapes are checked without building a date: this runs once
+    // per row in batch tokenisation.
+    if let Some((y, m, d)) = common_date_parts(raw.as_bytes()) {
+        let valid = (1..=12).contains(&m) && d >= 1 && d <= days_in_month(y, m);
+        let in_range = y >= EARLIEST_BIRTH_YEAR as u32
+            && (y, m, d) <= (today.year() as u32, today.month(), today.day());
+        return (valid && in_range).then(|| ymd_digits(y, m, d));
+    }
+    let date = parse_date(raw)?;
     if date.year() < EARLIEST_BIRTH_YEAR || date > today {
         return None;
     }
     Some(birth_date_digits(date))
 }
 
+fn days_in_month(y: u32, m: u32) -> u32 {
+    match m {
+        4 | 6 | 9 | 11 => 30,
+        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        2 => 28,
+        _ => 31,
+    }
+}
+
 /// The `YYYYMMDD` digits of a date (years 1000 to 9999).
 pub fn birth_date_digits(date: NaiveDate) -> BirthDate {
+    ymd_digits(date.year() as u32, date.month(), date.day())
+}
+
+fn ymd_digits(year: u32, month: u32, day: u32) -> BirthDate {
     let mut out = [0u8; 8];
     let mut put = |at: usize, width: usize, mut v: u32| {
         for i in (at..at + width).rev() {
@@ -216,9 +238,9 @@ pub fn birth_date_digits(date: NaiveDate) -> BirthDate {
             v /= 10;
         }
     };
-    put(0, 4, date.year() as u32);
-    put(4, 2, date.month());
-    put(6, 2, date.day());
+    put(0, 4, year);
+    put(4, 2, month);
+    put(6, 2, day);
     out
 }
 
@@ -232,8 +254,9 @@ fn small_number(digits: &[u8]) -> Option<u32> {
     })
 }
 
-/// The common shapes `YYYY-MM-DD` and `DD/MM/YYYY`, without allocating.
-fn parse_common_date(b: &[u8]) -> Option<NaiveDate> {
+/// Year, month and day of the common shapes `YYYY-MM-DD` and `DD/MM/YYYY`,
+/// unvalidated, without allocating.
+fn common_date_parts(b: &[u8]) -> Option<(u32, u32, u32)> {
     if b.len() != 10 {
         return None;
     }
@@ -242,7 +265,13 @@ fn parse_common_date(b: &[u8]) -> Option<NaiveDate> {
         (_, _, b'/', b'/') => (&b[6..10], &b[3..5], &b[0..2]),
         _ => return None,
     };
-    NaiveDate::from_ymd_opt(small_number(y)? as i32, small_number(m)?, small_number(d)?)
+    Some((small_number(y)?, small_number(m)?, small_number(d)?))
+}
+
+/// The common shapes as a date.
+fn parse_common_date(b: &[u8]) -> Option<NaiveDate> {
+    let (y, m, d) = common_date_parts(b)?;
+    NaiveDate::from_ymd_opt(y as i32, m, d)
 }
 
 fn parse_date(s: &str) -> Option<NaiveDate> {
