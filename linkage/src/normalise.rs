@@ -475,6 +475,24 @@ mod tests {
             assert_eq!(dob(s), Some(*b"19500203"), "{s}");
         }
         assert_eq!(dob("1965-02-31"), None, "impossible date");
+        for (leap, valid) in [
+            ("2000-02-29", true),
+            ("1900-02-29", false),
+            ("2024-02-29", true),
+            ("2023-02-29", false),
+        ] {
+            assert_eq!(dob(leap).is_some(), valid, "{leap}");
+            let slashed = format!("{}/{}/{}", &leap[8..10], &leap[5..7], &leap[0..4]);
+            assert_eq!(dob(&slashed).is_some(), valid, "{slashed}");
+        }
+        assert_eq!(dob("1950-13-01"), None, "month 13");
+        assert_eq!(dob("1950-04-31"), None, "April has 30 days");
+        assert_eq!(
+            dob("2026-11-23"),
+            Some(*b"20261123"),
+            "today is not the future"
+        );
+        assert_eq!(dob("2026-11-24"), None, "tomorrow is");
         assert_eq!(dob("2027-01-01"), None, "future date");
         assert_eq!(dob("1899-12-31"), None, "too early");
         assert_eq!(dob("03/02/50"), None, "two-digit year is ambiguous");
