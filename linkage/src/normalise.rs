@@ -458,7 +458,7 @@ mod tests {
     #[test]
     fn dates_of_birth() {
         let today = NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
-        let dob = |s| date_of_birth_as_of(s, today);
+        let dob = |s: &str| date_of_birth_as_of(s, today);
         for s in [
             "1950-02-03",
             "19500203",
