@@ -5,9 +5,11 @@
 //!
 //! - [`config`]: the coordinator's TOML configuration;
 //! - [`remote`]: nodes as DataFusion tables, and fragments sent to them;
+//! - [`combined`]: union tables over the nodes publishing the same name;
 //! - [`pushdown`]: the rule that sends single-node subtrees to their node whole;
 //! - [`service`]: the Flight SQL backend and the node catalog.
 
+pub mod combined;
 pub mod config;
 pub mod pushdown;
 pub mod remote;

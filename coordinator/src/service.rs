@@ -16,7 +16,7 @@ use datafusion::prelude::SessionContext;
 use sha2::{Digest, Sha256};
 
 use crate::CoordinatorError;
-use crate::config::{CoordinatorConfig, UserConfig};
+use crate::config::{COMBINED_SCHEMA, CoordinatorConfig, UserConfig};
 use crate::pushdown::PushToNode;
 use crate::remote::{Coverage, FragmentContext, NodeClient, RemoteTable};
 
@@ -106,6 +106,12 @@ impl CoordinatorState {
                 }
             }
         }
+        let combined = crate::combined::build(self.catalog.as_ref())
+            .await
+            .map_err(|e| CoordinatorError::Catalog(format!("combined tables: {e}")))?;
+        self.catalog
+            .register_schema(COMBINED_SCHEMA, combined)
+            .map_err(|e| CoordinatorError::Catalog(e.to_string()))?;
         *self.unreachable.lock().unwrap_or_else(|p| p.into_inner()) = unreachable;
         Ok(())
     }

@@ -473,6 +473,67 @@ async fn a_node_that_was_down_at_start_joins_at_the_next_catalog_refresh() {
     drop(gp);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn combined_tables_union_every_node_that_publishes_the_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    generate(root, 1_500, 63);
+    // A second group of practices: the same kind of data under another node name.
+    let mut east: carrow_node::NodeConfig =
+        toml::from_str(&std::fs::read_to_string(root.join("gp/node.toml")).unwrap()).unwrap();
+    east.name = "gp_east".into();
+    east.audit_log = "audit-east.jsonl".into();
+    std::fs::write(
+        root.join("gp/node-east.toml"),
+        toml::to_string(&east).unwrap(),
+    )
+    .unwrap();
+    let gp = NodeProcess::start(&root.join("gp/node.toml"));
+    let gp_east = NodeProcess::start(&root.join("gp/node-east.toml"));
+    let east_addr = gp_east.addr;
+    let coordinator = start_coordinator_at(root, &[("gp", gp.addr)], |c| {
+        c.nodes.retain(|n| n.name == "gp");
+        let mut endpoint = c.nodes[0].clone();
+        endpoint.name = "gp_east".into();
+        endpoint.url = format!("http://{east_addr}");
+        c.nodes.push(endpoint);
+    });
+    let mut planner = client(
+        coordinator.addr,
+        "planner",
+        &root.join("secrets/planner.token"),
+    )
+    .await;
+    let per_node = rows(
+        &query(
+            &mut planner,
+            "SELECT count(*) FROM gp.registrations WHERE deprivation_decile = 2",
+        )
+        .await
+        .unwrap(),
+    );
+    let n: u64 = per_node[0][0].parse().unwrap();
+    assert!(n > 0);
+    let by_node = rows(
+        &query(&mut planner, "SELECT node, count(*) FROM combined.registrations WHERE deprivation_decile = 2 GROUP BY node")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        by_node,
+        vec![
+            vec!["gp".to_string(), n.to_string()],
+            vec!["gp_east".to_string(), n.to_string()]
+        ]
+    );
+    // The filter reached each node's scan.
+    let east_log = std::fs::read_to_string(root.join("gp/audit-east.jsonl")).unwrap();
+    assert!(
+        east_log.contains("WHERE") && east_log.contains("deprivation_decile = 2"),
+        "{east_log}"
+    );
+}
+
 #[test]
 fn carrow_demo_runs_end_to_end() {
     let out = run(&["demo", "--people", "3000", "--seed", "4"]);
