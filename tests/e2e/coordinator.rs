@@ -536,9 +536,47 @@ async fn combined_tables_union_every_node_that_publishes_the_name() {
 
 #[test]
 fn carrow_demo_runs_end_to_end() {
-    let out = run(&["demo", "--people", "3000", "--seed", "4"]);
+    let dir = tempfile::tempdir().unwrap();
+    let keep = dir.path().join("demo");
+    let out = run(&[
+        "demo",
+        "--people",
+        "3000",
+        "--seed",
+        "4",
+        "--keep",
+        keep.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
+
+    // The single-node answer equals the ground truth: registered people who
+    // did not opt out, by deprivation decile.
+    let mut truth = std::collections::BTreeMap::<u32, u64>::new();
+    let people = std::fs::read_to_string(keep.join("ground-truth/people.csv")).unwrap();
+    for line in people.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        if f[9] == "false" {
+            *truth.entry(f[8].parse().unwrap()).or_default() += 1;
+        }
+    }
+    let section = text
+        .split("== Registered population by deprivation decile")
+        .nth(1)
+        .expect("the single-node question");
+    let printed: std::collections::BTreeMap<u32, u64> = section
+        .lines()
+        .take_while(|l| !l.starts_with("   coverage"))
+        .filter_map(|l| {
+            let cells: Vec<&str> = l
+                .split('|')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect();
+            Some((cells.first()?.parse().ok()?, cells.get(1)?.parse().ok()?))
+        })
+        .collect();
+    assert_eq!(printed, truth);
     for heading in [
         "People aged 75 and over admitted to hospital in the last year who also receive home care",
         "Emergency admissions among adult social care clients",
