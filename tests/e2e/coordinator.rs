@@ -534,6 +534,59 @@ async fn combined_tables_union_every_node_that_publishes_the_name() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_killed_during_a_query_fails_it_by_name_and_the_coordinator_serves_on() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    generate(root, 300, 64);
+    let acute_config = crate::streaming::publish_big_table(root);
+    let mut acute = NodeProcess::start(&acute_config);
+    let gp = NodeProcess::start(&root.join("gp/node.toml"));
+    let coordinator = start_coordinator_at(root, &[("acute", acute.addr), ("gp", gp.addr)], |c| {
+        c.nodes.retain(|n| n.name != "council");
+    });
+    let mut planner = client(
+        coordinator.addr,
+        "planner",
+        &root.join("secrets/planner.token"),
+    )
+    .await;
+    let info = planner
+        .execute("SELECT pid, value, label FROM acute.big".into(), None)
+        .await
+        .unwrap();
+    let mut stream = planner
+        .do_get(info.endpoint[0].ticket.clone().unwrap())
+        .await
+        .unwrap();
+    let first = stream
+        .next()
+        .await
+        .expect("a first batch")
+        .expect("the first batch arrives");
+    assert!(first.num_rows() > 0);
+    // Millions of rows are still to come when the node dies.
+    acute.child.kill().unwrap();
+    acute.child.wait().unwrap();
+    let mut failure = None;
+    while let Some(item) = stream.next().await {
+        if let Err(e) = item {
+            failure = Some(e.to_string());
+            break;
+        }
+    }
+    let failure = failure.expect("the query fails instead of returning a truncated result");
+    assert!(failure.contains("node acute"), "{failure}");
+    // The coordinator serves the next query normally.
+    let registered = rows(
+        &query(&mut planner, "SELECT count(*) FROM gp.registrations")
+            .await
+            .unwrap(),
+    );
+    assert!(registered[0][0].parse::<u64>().unwrap() > 0);
+}
+
 #[test]
 fn carrow_demo_runs_end_to_end() {
     let dir = tempfile::tempdir().unwrap();

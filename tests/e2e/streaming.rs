@@ -28,7 +28,8 @@ fn memory(pid: u32) -> (u64, u64) {
     (field("VmHWM:"), field("VmRSS:"))
 }
 
-fn write_big_parquet(path: &std::path::Path) {
+/// Writes `ROWS` rows of (NHS number, value, label) to a Parquet file.
+pub fn write_big_parquet(path: &std::path::Path) {
     let schema = Arc::new(Schema::new(vec![
         Field::new("nhs_number", DataType::Utf8, true),
         Field::new("value", DataType::Int64, false),
@@ -64,11 +65,11 @@ fn write_big_parquet(path: &std::path::Path) {
     writer.close().unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn streaming_millions_of_rows_keeps_node_memory_bounded() {
-    let dir = tempfile::tempdir().unwrap();
-    generate(dir.path(), 100, 41);
-    let acute = dir.path().join("acute");
+/// Writes the big table beside the acute node's data and publishes it as
+/// `big` (pid from the NHS number, plus a number and a label). Returns the
+/// node's config path.
+pub fn publish_big_table(root: &std::path::Path) -> std::path::PathBuf {
+    let acute = root.join("acute");
     write_big_parquet(&acute.join("big.parquet"));
     let config_path = acute.join("node.toml");
     let mut config: carrow_node::NodeConfig =
@@ -108,6 +109,14 @@ async fn streaming_millions_of_rows_keeps_node_memory_bounded() {
     });
     std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
 
+    config_path
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streaming_millions_of_rows_keeps_node_memory_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    generate(dir.path(), 100, 41);
+    let config_path = publish_big_table(dir.path());
     let node = NodeProcess::start(&config_path);
     let pid = node.child.id();
     let (_, baseline) = memory(pid);
