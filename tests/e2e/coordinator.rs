@@ -587,6 +587,60 @@ async fn a_node_killed_during_a_query_fails_it_by_name_and_the_coordinator_serve
     assert!(registered[0][0].parse::<u64>().unwrap() > 0);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_goes_away_cancels_the_nodes_work() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    generate(root, 300, 65);
+    let acute = NodeProcess::start(&crate::streaming::publish_big_table(root));
+    let coordinator = start_coordinator_at(root, &[("acute", acute.addr)], |c| {
+        c.nodes.retain(|n| n.name == "acute");
+    });
+    let mut planner = client(
+        coordinator.addr,
+        "planner",
+        &root.join("secrets/planner.token"),
+    )
+    .await;
+    let info = planner
+        .execute("SELECT pid, value, label FROM acute.big".into(), None)
+        .await
+        .unwrap();
+    let mut stream = planner
+        .do_get(info.endpoint[0].ticket.clone().unwrap())
+        .await
+        .unwrap();
+    stream
+        .next()
+        .await
+        .expect("a first batch")
+        .expect("the first batch arrives");
+    drop(stream);
+    drop(planner);
+    // The node records its fragment as cancelled, long before it could have
+    // sent millions of rows.
+    let log = root.join("acute/audit.jsonl");
+    let mut cancelled = false;
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text
+            .lines()
+            .any(|l| l.contains("FROM acute.big") || l.contains("\"big\""))
+            && text.contains("went away")
+        {
+            cancelled = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        cancelled,
+        "the node did not record a cancelled fragment:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}
+
 #[test]
 fn carrow_demo_runs_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
