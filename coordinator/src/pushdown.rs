@@ -20,9 +20,9 @@ use crate::remote::{RemoteSource, RemoteTable};
 #[derive(Debug, Default)]
 pub struct PushToNode;
 
-/// The node every leaf of `plan` reads, when they are all published tables
-/// of the same node and every operator can be sent as SQL.
-fn single_node(plan: &LogicalPlan) -> Option<(String, Vec<Arc<RemoteTable>>)> {
+/// The leaves of `plan`, when they are all published tables of one node and
+/// every operator can be sent as SQL.
+fn single_node(plan: &LogicalPlan) -> Option<Vec<Arc<RemoteTable>>> {
     let mut nodes = HashSet::new();
     let mut leaves = Vec::new();
     let mut supported = true;
@@ -64,7 +64,7 @@ fn single_node(plan: &LogicalPlan) -> Option<(String, Vec<Arc<RemoteTable>>)> {
         })
     })
     .ok()?;
-    (supported && nodes.len() == 1).then(|| (nodes.into_iter().next().expect("one node"), leaves))
+    (supported && nodes.len() == 1).then_some(leaves)
 }
 
 fn remote_table(scan: &datafusion::logical_expr::TableScan) -> Option<Arc<RemoteTable>> {
@@ -154,7 +154,7 @@ impl OptimizerRule for PushToNode {
         _config: &dyn OptimizerConfig,
     ) -> Result<Transformed<LogicalPlan>> {
         plan.transform_down(|node| {
-            if let Some((_, leaves)) = single_node(&node)
+            if let Some(leaves) = single_node(&node)
                 && worth_pushing(&node)
                 && let Some(pushed) = push(&node, &leaves)
             {
