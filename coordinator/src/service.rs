@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use carrow_sql::auth::token_matches;
 use carrow_sql::{Backend, Caller, QueryError, QueryScope, Released, RequestMeta};
 use datafusion::catalog::{
     CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider,
@@ -13,7 +14,6 @@ use datafusion::catalog::{
 use datafusion::execution::context::SessionConfig;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::SessionContext;
-use sha2::{Digest, Sha256};
 
 use crate::CoordinatorError;
 use crate::config::{COMBINED_SCHEMA, CoordinatorConfig, UserConfig};
@@ -147,19 +147,14 @@ impl CoordinatorBackend {
 }
 
 fn random_query_id() -> String {
-    let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).expect("the operating system provides randomness");
-    format!("q-{}", hex::encode(bytes))
+    format!("q-{}", carrow_sql::flight::random_hex(8))
 }
 
 #[tonic::async_trait]
 impl Backend for CoordinatorBackend {
     fn authenticate(&self, user: &str, secret: &str) -> Result<Caller, QueryError> {
-        let digest = hex::encode(Sha256::digest(secret.trim().as_bytes()));
         match self.state.user(user) {
-            // Both sides are hex SHA-256 digests of equal length; comparing
-            // digests leaks nothing useful about the token.
-            Some(u) if u.token_sha256.eq_ignore_ascii_case(&digest) => Ok(Caller {
+            Some(u) if token_matches(secret, &u.token_sha256) => Ok(Caller {
                 user: u.name.clone(),
                 role: u.role.clone(),
             }),

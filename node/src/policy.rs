@@ -4,11 +4,11 @@
 
 use std::collections::BTreeSet;
 
+use carrow_sql::auth::token_matches;
 use carrow_sql::error::code_of;
 use carrow_sql::{QueryError, Stage};
 use datafusion::common::SchemaError;
 use datafusion::error::DataFusionError;
-use sha2::{Digest, Sha256};
 
 use crate::config::{ClientConfig, ClientRole, NodeConfig};
 
@@ -36,13 +36,8 @@ pub fn authenticate<'a>(
     user: &str,
     secret: &str,
 ) -> Result<&'a ClientConfig, QueryError> {
-    let digest = Sha256::digest(secret.trim().as_bytes());
     let client = config.clients.iter().find(|c| c.name == user);
-    let matches = client.is_some_and(|c| {
-        let mut expected = [0u8; 32];
-        hex::decode_to_slice(&c.token_sha256, &mut expected).is_ok()
-            && constant_time_eq(&expected, &digest)
-    });
+    let matches = client.is_some_and(|c| token_matches(secret, &c.token_sha256));
     match client {
         Some(c) if matches => Ok(c),
         _ => Err(QueryError::Unauthenticated(format!(
@@ -50,10 +45,6 @@ pub fn authenticate<'a>(
             rules::CALLERS
         ))),
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The project a request runs under, or a refusal naming the rule.

@@ -346,9 +346,7 @@ impl Backend for NodeBackend {
 }
 
 fn random_query_id() -> String {
-    let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).expect("the operating system provides randomness");
-    format!("n-{}", hex::encode(bytes))
+    format!("n-{}", carrow_sql::flight::random_hex(8))
 }
 
 struct NodeScope {

@@ -226,8 +226,10 @@ pub struct FlightSqlEndpoint<B: Backend> {
 
 type DoGetStream = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send + 'static>>;
 
-fn random_id() -> String {
-    let mut bytes = [0u8; 16];
+/// `len` random bytes from the operating system, in hex: statement
+/// handles, session tokens and query ids.
+pub fn random_hex(len: usize) -> String {
+    let mut bytes = vec![0u8; len];
     getrandom::fill(&mut bytes).expect("the operating system provides randomness");
     hex::encode(bytes)
 }
@@ -364,7 +366,7 @@ impl<B: Backend> FlightSqlEndpoint<B> {
     }
 
     fn insert_handle(&self, handle: Handle) -> String {
-        let id = random_id();
+        let id = random_hex(16);
         let mut handles = lock(&self.handles);
         handles.retain(|_, h| h.created().elapsed() < HANDLE_TTL);
         handles.insert(id.clone(), handle);
@@ -669,7 +671,7 @@ impl<B: Backend> FlightSqlService for FlightSqlEndpoint<B> {
         }
         let (user, secret) = Self::decode_basic(header)?;
         let caller = self.backend.authenticate(&user, &secret)?;
-        let token = random_id() + &random_id();
+        let token = random_hex(32);
         {
             let mut sessions = lock(&self.sessions);
             sessions.retain(|_, session| session.expires > Instant::now());

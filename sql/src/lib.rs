@@ -2,6 +2,7 @@
 //! coordinator: the Flight SQL service, statement checks, client-facing
 //! types, and the mapping of errors to gRPC status codes.
 
+pub mod auth;
 pub mod boundary;
 pub mod error;
 pub mod flight;
