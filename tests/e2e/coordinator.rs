@@ -11,7 +11,9 @@ use std::sync::Arc;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 
-use crate::support::{NodeProcess, carrow, client, generate, query, rows, run, stderr};
+use crate::support::{
+    NodeProcess, carrow, client, generate, open_stream, query, rows, run, stderr,
+};
 
 struct CoordinatorProcess {
     child: Child,
@@ -351,14 +353,7 @@ async fn query_with_manifest(
     serde_json::Value,
 ) {
     use futures::StreamExt;
-    let info = client
-        .execute(sql.to_string(), None)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let mut stream = client
-        .do_get(info.endpoint[0].ticket.clone().unwrap())
-        .await
-        .unwrap();
+    let mut stream = open_stream(client, sql).await;
     let mut batches = Vec::new();
     while let Some(batch) = stream.next().await {
         batches.push(batch.unwrap());
@@ -552,14 +547,7 @@ async fn a_node_killed_during_a_query_fails_it_by_name_and_the_coordinator_serve
         &root.join("secrets/planner.token"),
     )
     .await;
-    let info = planner
-        .execute("SELECT pid, value, label FROM acute.big".into(), None)
-        .await
-        .unwrap();
-    let mut stream = planner
-        .do_get(info.endpoint[0].ticket.clone().unwrap())
-        .await
-        .unwrap();
+    let mut stream = open_stream(&mut planner, "SELECT pid, value, label FROM acute.big").await;
     let first = stream
         .next()
         .await
@@ -603,14 +591,7 @@ async fn a_client_that_goes_away_cancels_the_nodes_work() {
         &root.join("secrets/planner.token"),
     )
     .await;
-    let info = planner
-        .execute("SELECT pid, value, label FROM acute.big".into(), None)
-        .await
-        .unwrap();
-    let mut stream = planner
-        .do_get(info.endpoint[0].ticket.clone().unwrap())
-        .await
-        .unwrap();
+    let mut stream = open_stream(&mut planner, "SELECT pid, value, label FROM acute.big").await;
     stream
         .next()
         .await

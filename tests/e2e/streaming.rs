@@ -9,7 +9,7 @@ use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use futures::StreamExt;
 
-use crate::support::{NodeProcess, client, generate};
+use crate::support::{NodeProcess, client, generate, open_stream};
 
 const ROWS: usize = 3_000_000;
 const BATCH: usize = 100_000;
@@ -139,11 +139,7 @@ async fn streaming_millions_of_rows_keeps_node_memory_bounded() {
             }
         })
     };
-    let info = c.execute("SELECT * FROM big".into(), None).await.unwrap();
-    let mut stream = c
-        .do_get(info.endpoint[0].ticket.clone().unwrap())
-        .await
-        .unwrap();
+    let mut stream = open_stream(&mut c, "SELECT * FROM big").await;
     let (mut rows, mut bytes) = (0usize, 0usize);
     while let Some(batch) = stream.next().await {
         let batch = batch.unwrap();

@@ -129,6 +129,25 @@ pub async fn try_client(
     Ok(client)
 }
 
+/// Runs `sql` and opens its (single-endpoint) result stream, unread.
+pub async fn open_stream(
+    client: &mut FlightSqlServiceClient<Channel>,
+    sql: &str,
+) -> arrow_flight::decode::FlightRecordBatchStream {
+    let info = client
+        .execute(sql.to_string(), None)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let ticket = info.endpoint[0]
+        .ticket
+        .clone()
+        .expect("endpoint has a ticket");
+    client
+        .do_get(ticket)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
 /// Runs `sql` as a plain statement and collects the result.
 pub async fn query(
     client: &mut FlightSqlServiceClient<Channel>,
