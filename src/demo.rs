@@ -36,6 +36,19 @@ pub const QUESTIONS: &[(&str, &str)] = &[
          GROUP BY g.condition ORDER BY people DESC, g.condition",
     ),
     (
+        "How many services each person was in contact with in the last year (hospital, GP, social care)",
+        "SELECT services, count(*) AS people FROM \
+         (SELECT pid, count(DISTINCT setting) AS services FROM combined.contacts \
+          WHERE contact_date >= DATE '2025-11-01' GROUP BY pid) \
+         GROUP BY services ORDER BY services",
+    ),
+    (
+        "Contacts in the last year by setting, each node aggregating its own",
+        "SELECT setting, count(*) AS contacts, min(contact_date) AS first, max(contact_date) AS last \
+         FROM combined.contacts WHERE contact_date >= DATE '2025-11-01' \
+         GROUP BY setting ORDER BY setting",
+    ),
+    (
         "Registered population by deprivation decile (one node)",
         "SELECT deprivation_decile, count(*) AS people FROM gp.registrations \
          GROUP BY deprivation_decile ORDER BY deprivation_decile",

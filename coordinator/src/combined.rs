@@ -45,7 +45,16 @@ pub async fn build(catalog: &dyn CatalogProvider) -> Result<Arc<MemorySchemaProv
         }
         parts.sort_by(|a, b| a.0.cmp(&b.0));
         let fields = parts[0].1.schema().fields().clone();
-        if parts.iter().any(|(_, p)| p.schema().fields() != &fields) {
+        // Same names and types; nullability may differ (the union is nullable
+        // where any part is).
+        let shape = |f: &Arc<datafusion::arrow::datatypes::Field>| {
+            (f.name().clone(), f.data_type().clone())
+        };
+        let wanted: Vec<_> = fields.iter().map(shape).collect();
+        if parts
+            .iter()
+            .any(|(_, p)| p.schema().fields().iter().map(shape).collect::<Vec<_>>() != wanted)
+        {
             tracing::warn!(%table, nodes = ?parts.iter().map(|p| &p.0).collect::<Vec<_>>(), "nodes publish this table with different columns: no combined table");
             continue;
         }

@@ -14,6 +14,7 @@ pub mod config;
 pub mod pushdown;
 pub mod remote;
 pub mod service;
+pub mod split_aggregate;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -22,7 +22,7 @@ pub struct PushToNode;
 
 /// The leaves of `plan`, when they are all published tables of one node and
 /// every operator can be sent as SQL.
-fn single_node(plan: &LogicalPlan) -> Option<Vec<Arc<RemoteTable>>> {
+pub(crate) fn single_node(plan: &LogicalPlan) -> Option<Vec<Arc<RemoteTable>>> {
     let mut nodes = HashSet::new();
     let mut leaves = Vec::new();
     let mut supported = true;
@@ -67,7 +67,7 @@ fn single_node(plan: &LogicalPlan) -> Option<Vec<Arc<RemoteTable>>> {
     (supported && nodes.len() == 1).then_some(leaves)
 }
 
-fn remote_table(scan: &datafusion::logical_expr::TableScan) -> Option<Arc<RemoteTable>> {
+pub(crate) fn remote_table(scan: &datafusion::logical_expr::TableScan) -> Option<Arc<RemoteTable>> {
     let provider = source_as_provider(&scan.source).ok()?;
     let any: Arc<dyn Any + Send + Sync> = provider;
     any.downcast::<RemoteTable>().ok()

@@ -19,6 +19,7 @@ use crate::CoordinatorError;
 use crate::config::{COMBINED_SCHEMA, CoordinatorConfig, UserConfig};
 use crate::pushdown::PushToNode;
 use crate::remote::{Coverage, FragmentContext, NodeClient, RemoteTable};
+use crate::split_aggregate::SplitAggregatePerNode;
 
 /// Catalog name of the federated tables; schemas are node names.
 pub const CATALOG: &str = "carrow";
@@ -194,6 +195,7 @@ impl Backend for CoordinatorBackend {
             .with_information_schema(false)
             .with_extension(Arc::new(context));
         let session = SessionContext::new_with_config_rt(config, self.state.runtime.clone());
+        session.add_optimizer_rule(Arc::new(SplitAggregatePerNode));
         session.add_optimizer_rule(Arc::new(PushToNode));
         session.register_catalog(
             CATALOG,

@@ -115,6 +115,45 @@ fn freshness_file() -> Option<Freshness> {
     })
 }
 
+/// Published name of the table every organisation offers: one row per
+/// contact with its service, in a shared shape, so the coordinator offers it
+/// as `combined.contacts`.
+pub const CONTACTS: &str = "contacts";
+
+/// The shared contacts table over a node's local `sql`: `person` columns,
+/// then the contact's date, the setting and what the contact was.
+fn contacts(
+    sql: &str,
+    identifiers: IdentifierColumnsConfig,
+    person: Vec<ColumnConfig>,
+    date_from: &str,
+    setting: &str,
+    activity: ColumnConfig,
+    opt_out: Option<OptOutRule>,
+) -> TableConfig {
+    let mut columns = person;
+    columns.push(col("contact_date", date_from, Some(ColumnType::Date)));
+    columns.push(expr(
+        "setting",
+        &format!("'{setting}'"),
+        Some(ColumnType::String),
+    ));
+    columns.push(activity);
+    TableConfig {
+        name: CONTACTS.into(),
+        description: format!(
+            "Contacts with {setting} services, one row per contact (shared shape)"
+        ),
+        personal: true,
+        source: None,
+        sql: Some(sql.into()),
+        identifiers,
+        columns,
+        opt_out,
+        freshness: freshness_column("contact_date"),
+    }
+}
+
 /// The hospital trust's node: Parquet extracts of its patient administration system.
 pub fn acute(creds: &NodeCredentials) -> NodeConfig {
     let mut cfg = base("acute", creds);
@@ -161,6 +200,19 @@ pub fn acute(creds: &NodeCredentials) -> NodeConfig {
         opt_out: Some(OptOutRule { column: "DATA_OPT_OUT".into(), values: vec!["Y".into()] }),
         freshness: freshness_column("admission_date"),
     });
+    let admissions = cfg.tables[0].clone();
+    cfg.tables.push(contacts(
+        admissions.sql.as_deref().unwrap_or_default(),
+        admissions.identifiers.clone(),
+        admissions.columns[..4].to_vec(),
+        "ADMISSION_DATE",
+        "hospital",
+        ColumnConfig {
+            name: "activity".into(),
+            ..admissions.columns[6].clone()
+        },
+        admissions.opt_out.clone(),
+    ));
     cfg
 }
 
@@ -236,11 +288,21 @@ pub fn gp(creds: &NodeCredentials) -> NodeConfig {
              JOIN patients p ON c.patient_guid = p.patient_guid"
                 .into(),
         ),
-        identifiers: ids,
+        identifiers: ids.clone(),
         columns: conditions,
-        opt_out,
+        opt_out: opt_out.clone(),
         freshness: freshness_column("diagnosed_on"),
     });
+    let conditions_sql = cfg.tables[1].sql.clone().unwrap_or_default();
+    cfg.tables.push(contacts(
+        &conditions_sql,
+        ids,
+        person_columns(),
+        "diagnosed_on",
+        "primary care",
+        col("activity", "condition", Some(ColumnType::String)),
+        opt_out,
+    ));
     cfg
 }
 
@@ -314,11 +376,21 @@ pub fn council(creds: &NodeCredentials, as_of: &str) -> NodeConfig {
              FROM care_packages k JOIN clients c ON k.\"ClientID\" = c.\"ClientID\""
                 .into(),
         ),
-        identifiers: ids,
+        identifiers: ids.clone(),
         columns: packages,
-        opt_out,
+        opt_out: opt_out.clone(),
         freshness: freshness_column("start_date"),
     });
+    let packages_sql = cfg.tables[1].sql.clone().unwrap_or_default();
+    cfg.tables.push(contacts(
+        &packages_sql,
+        ids,
+        person_columns(),
+        "StartDate",
+        "social care",
+        col("activity", "ServiceType", Some(ColumnType::String)),
+        opt_out,
+    ));
     cfg.tables.push(TableConfig {
         name: "areas".into(),
         description: "Reference data: small areas with their deprivation decile and population"

@@ -91,12 +91,12 @@ async fn federated_answers_equal_central_answers_and_nodes_receive_pushed_down_s
     // as the coordinator would see it, in one in-process DataFusion.
     let central = SessionContext::new();
     for (org, node, tables) in [
-        ("acute", &acute, vec!["admissions"]),
-        ("gp", &gp, vec!["registrations", "conditions"]),
+        ("acute", &acute, vec!["admissions", "contacts"]),
+        ("gp", &gp, vec!["registrations", "conditions", "contacts"]),
         (
             "council",
             &council,
-            vec!["clients", "care_packages", "areas"],
+            vec!["clients", "care_packages", "areas", "contacts"],
         ),
     ] {
         let mut c = client(
@@ -125,6 +125,17 @@ async fn federated_answers_equal_central_answers_and_nodes_receive_pushed_down_s
             .register_schema(org, schema)
             .unwrap();
     }
+
+    central.sql("CREATE SCHEMA combined").await.unwrap();
+    central
+        .sql(
+            "CREATE VIEW combined.contacts AS \
+             SELECT 'acute' AS node, * FROM acute.contacts UNION ALL \
+             SELECT 'council', * FROM council.contacts UNION ALL \
+             SELECT 'gp', * FROM gp.contacts",
+        )
+        .await
+        .unwrap();
 
     let mut planner = client(
         coordinator.addr,
@@ -185,6 +196,11 @@ async fn federated_answers_equal_central_answers_and_nodes_receive_pushed_down_s
             "single-node group by and order by",
             "SELECT \"c0\", \"c1\" FROM (SELECT registrations.deprivation_decile AS c0, people AS c1 FROM (SELECT registrations.deprivation_decile, count(1) AS people FROM gp.registrations GROUP BY registrations.deprivation_decile ORDER BY registrations.deprivation_decile ASC NULLS LAST)) AS \"q\"",
         ),
+        (
+            "gp",
+            "partial aggregate of a combined table",
+            "SELECT \"c0\", \"c1\", \"c2\", \"c3\" FROM (SELECT setting AS c0, count(1) AS c1, min(contact_date) AS c2, max(contact_date) AS c3 FROM (SELECT contacts.contact_date AS contact_date, contacts.setting AS setting FROM gp.contacts WHERE (contacts.contact_date >= CAST('2025-11-01' AS DATE))) GROUP BY setting) AS \"q\"",
+        ),
     ] {
         let got = received(org);
         assert!(
@@ -213,7 +229,7 @@ async fn federated_answers_equal_central_answers_and_nodes_receive_pushed_down_s
     }
     assert_eq!(
         out["tables"].as_array().unwrap().len(),
-        6,
+        10,
         "{}",
         out["tables"]
     );
@@ -401,6 +417,14 @@ const DIFFERENTIAL: &[&str] = &[
     "SELECT a.pid IS NOT NULL AS admitted, count(*) FROM council.clients c LEFT JOIN (SELECT DISTINCT pid FROM acute.admissions) a ON a.pid = c.pid GROUP BY 1",
     "SELECT r.deprivation_decile, sum(CASE WHEN c.pid IS NULL THEN 0 ELSE 1 END) FROM gp.registrations r LEFT JOIN council.clients c ON c.pid = r.pid GROUP BY 1",
     "SELECT ar.deprivation_decile, count(DISTINCT a.pid) FROM acute.admissions a JOIN council.areas ar ON ar.area_code = a.area_code GROUP BY 1",
+    // combined tables: partial aggregates per node, distinct persons across nodes
+    "SELECT setting, count(*), sum(deprivation_decile), min(contact_date), max(contact_date), round(avg(birth_year), 6) FROM combined.contacts GROUP BY setting",
+    "SELECT count(*), count(activity), max(birth_year) FROM combined.contacts",
+    "SELECT node, count(DISTINCT pid) FROM combined.contacts GROUP BY node",
+    "SELECT deprivation_decile, count(*) FROM combined.contacts WHERE birth_year <= 1951 GROUP BY deprivation_decile ORDER BY 1",
+    "SELECT count(DISTINCT pid) FROM combined.contacts WHERE contact_date >= DATE '2025-11-01'",
+    "SELECT count(*) FROM (SELECT pid FROM combined.contacts GROUP BY pid HAVING count(DISTINCT node) = 3)",
+    "SELECT s, count(*) FROM (SELECT sex AS s FROM gp.registrations UNION ALL SELECT sex FROM council.clients) GROUP BY s",
 ];
 
 /// The demo's questions, as the binary asks them.
@@ -409,6 +433,8 @@ fn carrow_demo_questions() -> Vec<&'static str> {
         "SELECT a.deprivation_decile, count(DISTINCT a.pid) AS people FROM acute.admissions a JOIN council.care_packages k ON a.pid = k.pid WHERE a.birth_year <= 1951 AND a.admission_date >= DATE '2025-11-01' AND k.service_type = 'Home Care' GROUP BY a.deprivation_decile ORDER BY a.deprivation_decile",
         "SELECT c.area_code, count(*) AS emergency_admissions, count(DISTINCT c.pid) AS people FROM council.clients c JOIN acute.admissions a ON a.pid = c.pid WHERE a.admission_method = 'emergency' GROUP BY c.area_code ORDER BY emergency_admissions DESC, c.area_code LIMIT 10",
         "SELECT g.condition, count(DISTINCT g.pid) AS people FROM gp.conditions g JOIN council.care_packages k ON g.pid = k.pid WHERE k.service_type IN ('Residential', 'Nursing') GROUP BY g.condition ORDER BY people DESC, g.condition",
+        "SELECT services, count(*) AS people FROM (SELECT pid, count(DISTINCT setting) AS services FROM combined.contacts WHERE contact_date >= DATE '2025-11-01' GROUP BY pid) GROUP BY services ORDER BY services",
+        "SELECT setting, count(*) AS contacts, min(contact_date) AS first, max(contact_date) AS last FROM combined.contacts WHERE contact_date >= DATE '2025-11-01' GROUP BY setting ORDER BY setting",
         "SELECT deprivation_decile, count(*) AS people FROM gp.registrations GROUP BY deprivation_decile ORDER BY deprivation_decile",
     ]
 }
