@@ -94,35 +94,20 @@ async fn run_in(dir: &Path, people: usize, seed: u64) -> anyhow::Result<()> {
     );
 
     println!("== starting nodes and the coordinator on loopback");
-    let mut nodes = Vec::new();
-    let mut coordinator_config =
-        config::load_coordinator(&dir.join("coordinator/coordinator.toml"))?;
-    for org in ["acute", "gp", "council"] {
-        let mut node_config = config::load_node(&dir.join(org).join("node.toml"))?;
-        node_config.listen = "127.0.0.1:0".into();
-        let node = carrow_node::RunningNode::start(node_config)
-            .await
-            .with_context(|| format!("starting node {org}"))?;
+    let cluster = Cluster::start(dir).await?;
+    for node in &cluster.nodes {
         println!(
-            "   node {org:<8} {}  publishes {:?}",
+            "   node {:<8} {}  publishes {:?}",
+            node.state.name(),
             node.addr,
             node.state.published()
         );
-        let endpoint = coordinator_config
-            .nodes
-            .iter_mut()
-            .find(|n| n.name == org)
-            .context("node in coordinator config")?;
-        endpoint.url = format!("http://{}", node.addr);
-        nodes.push(node);
     }
-    coordinator_config.listen = "127.0.0.1:0".into();
-    let coordinator = carrow_coordinator::RunningCoordinator::start(coordinator_config).await?;
-    println!("   coordinator     {}", coordinator.addr);
+    println!("   coordinator     {}", cluster.coordinator.addr);
 
     let token = std::fs::read_to_string(dir.join("secrets/planner.token"))?;
     let mut planner = client::connect(
-        &format!("http://{}", coordinator.addr),
+        &format!("http://{}", cluster.coordinator.addr),
         "planner",
         token.trim(),
     )
@@ -142,7 +127,7 @@ async fn run_in(dir: &Path, people: usize, seed: u64) -> anyhow::Result<()> {
     }
 
     println!("\n== audit: each node logged every fragment it served");
-    for node in &nodes {
+    for node in &cluster.nodes {
         let report = carrow_governance::verify_file(node.state.audit().path())?;
         println!(
             "   node {:<8} {} records, chain intact, head {}",
@@ -152,9 +137,47 @@ async fn run_in(dir: &Path, people: usize, seed: u64) -> anyhow::Result<()> {
         );
     }
 
-    coordinator.stop().await?;
-    for node in nodes {
-        node.stop().await?;
+    cluster.stop().await
+}
+
+/// The generated organisations' nodes and a coordinator over them, on
+/// loopback ports chosen by the system.
+pub struct Cluster {
+    pub nodes: Vec<carrow_node::RunningNode>,
+    pub coordinator: carrow_coordinator::RunningCoordinator,
+}
+
+impl Cluster {
+    /// Starts the nodes and coordinator that `carrow generate` configured in `dir`.
+    pub async fn start(dir: &Path) -> anyhow::Result<Self> {
+        let mut nodes = Vec::new();
+        let mut coordinator_config =
+            config::load_coordinator(&dir.join("coordinator/coordinator.toml"))?;
+        for org in ["acute", "gp", "council"] {
+            let mut node_config = config::load_node(&dir.join(org).join("node.toml"))?;
+            node_config.listen = "127.0.0.1:0".into();
+            let node = carrow_node::RunningNode::start(node_config)
+                .await
+                .with_context(|| format!("starting node {org}"))?;
+            let endpoint = coordinator_config
+                .nodes
+                .iter_mut()
+                .find(|n| n.name == org)
+                .context("node in coordinator config")?;
+            endpoint.url = format!("http://{}", node.addr);
+            nodes.push(node);
+        }
+        coordinator_config.listen = "127.0.0.1:0".into();
+        let coordinator = carrow_coordinator::RunningCoordinator::start(coordinator_config).await?;
+        Ok(Self { nodes, coordinator })
     }
-    Ok(())
+
+    /// Stops the coordinator, then the nodes.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.coordinator.stop().await?;
+        for node in self.nodes {
+            node.stop().await?;
+        }
+        Ok(())
+    }
 }

@@ -1,6 +1,7 @@
 //! `carrow`: the command-line interface. Thin by design: it parses
 //! arguments, sets up logging, loads configuration and calls the crates.
 
+mod bench;
 mod client;
 mod config;
 mod demo;
@@ -42,6 +43,21 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// Keep the generated data, configs and audit logs in this directory.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
+    /// Time the demo questions and single-node aggregates federated against one in-process DataFusion.
+    Bench {
+        /// Sizes to run, in source records (comma-separated).
+        #[arg(long, value_delimiter = ',', default_values_t = [1_000_000usize, 10_000_000])]
+        records: Vec<usize>,
+        /// Timed runs per query and side; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        /// Random seed of the generated data.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Keep the generated data in this directory.
         #[arg(long)]
         keep: Option<PathBuf>,
     },
@@ -109,8 +125,6 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
-    /// Benchmarks of federated queries against a central baseline.
-    Bench,
 }
 
 #[derive(Subcommand)]
@@ -208,6 +222,17 @@ fn run(command: Command) -> anyhow::Result<()> {
             runtime()?.block_on(serve_coordinator(cfg))
         }
         Command::Demo { people, seed, keep } => runtime()?.block_on(demo::run(people, seed, keep)),
+        Command::Bench {
+            records,
+            repeat,
+            seed,
+            keep,
+        } => {
+            if repeat == 0 {
+                bail!("--repeat must be at least 1");
+            }
+            runtime()?.block_on(bench::run(&records, repeat, seed, keep))
+        }
         Command::Sql {
             url,
             user,
@@ -254,7 +279,6 @@ fn run(command: Command) -> anyhow::Result<()> {
             command: AuditCommand::Reconcile,
         } => not_yet("`carrow audit reconcile`"),
         Command::Link => not_yet("`carrow link`"),
-        Command::Bench => not_yet("`carrow bench`"),
     }
 }
 

@@ -143,6 +143,44 @@ fn push(plan: &LogicalPlan, leaves: &[Arc<RemoteTable>]) -> Option<LogicalPlan> 
     .ok()
 }
 
+/// Pushes `plan` whole; a result order it promises is kept here too.
+///
+/// The pushed SQL reads the node's query as a subquery, and SQL (DataFusion
+/// included) does not keep a subquery's order. So a sort at the top of the
+/// plan (under projections and aliases) is sent with the rest, where its
+/// limit cuts the rows the node returns, and done again here over those rows.
+fn push_keeping_order(plan: &LogicalPlan, leaves: &[Arc<RemoteTable>]) -> Option<LogicalPlan> {
+    match plan {
+        LogicalPlan::Sort(sort) => {
+            let pushed = push(plan, leaves)?;
+            let resorted = LogicalPlan::Sort(datafusion::logical_expr::Sort {
+                expr: sort.expr.clone(),
+                input: Arc::new(pushed),
+                fetch: sort.fetch,
+            });
+            Some(resorted)
+        }
+        LogicalPlan::Projection(_) | LogicalPlan::SubqueryAlias(_) | LogicalPlan::Limit(_)
+            if plan.inputs().len() == 1 && contains_top_sort(plan.inputs()[0]) =>
+        {
+            let input = push_keeping_order(plan.inputs()[0], leaves)?;
+            plan.with_new_exprs(plan.expressions(), vec![input]).ok()
+        }
+        _ => push(plan, leaves),
+    }
+}
+
+/// Whether a sort sits at the top of `plan`, under projections and aliases.
+fn contains_top_sort(plan: &LogicalPlan) -> bool {
+    match plan {
+        LogicalPlan::Sort(_) => true,
+        LogicalPlan::Projection(_) | LogicalPlan::SubqueryAlias(_) | LogicalPlan::Limit(_) => {
+            plan.inputs().len() == 1 && contains_top_sort(plan.inputs()[0])
+        }
+        _ => false,
+    }
+}
+
 impl OptimizerRule for PushToNode {
     fn name(&self) -> &str {
         "carrow_push_to_node"
@@ -156,7 +194,7 @@ impl OptimizerRule for PushToNode {
         plan.transform_down(|node| {
             if let Some(leaves) = single_node(&node)
                 && worth_pushing(&node)
-                && let Some(pushed) = push(&node, &leaves)
+                && let Some(pushed) = push_keeping_order(&node, &leaves)
             {
                 return Ok(Transformed::new(pushed, true, TreeNodeRecursion::Jump));
             }

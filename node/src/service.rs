@@ -10,6 +10,7 @@ use carrow_linkage::{LinkageSecret, Tokeniser};
 use carrow_sql::{Backend, Caller, QueryError, QueryScope, Released, RequestMeta, Stage};
 use datafusion::arrow::array::Array;
 use datafusion::arrow::util::display::array_value_to_string;
+use datafusion::datasource::TableProvider;
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::SessionConfig;
 use datafusion::prelude::SessionContext;
@@ -133,6 +134,22 @@ impl NodeState {
             metadata,
             names,
         })
+    }
+
+    /// The published tables of `project` as a query at this node sees them
+    /// (pid for the project, opt-outs removed, identifiers dropped).
+    pub fn tables(&self, project: &str) -> Vec<(String, Arc<dyn TableProvider>)> {
+        let recorder = Arc::new(AccessRecorder::default());
+        self.projects
+            .get(project)
+            .into_iter()
+            .flatten()
+            .map(|table| {
+                let provider: Arc<dyn TableProvider> =
+                    Arc::new(BoundaryTable::new(table.clone(), recorder.clone()));
+                (table.name.clone(), provider)
+            })
+            .collect()
     }
 
     /// The node's name.

@@ -173,6 +173,13 @@ pub async fn query(
 
 /// Rows of `batches` as text cells, sorted, for comparisons.
 pub fn rows(batches: &[RecordBatch]) -> Vec<Vec<String>> {
+    let mut out = ordered_rows(batches);
+    out.sort();
+    out
+}
+
+/// The rows of `batches` as strings, in the order they came.
+pub fn ordered_rows(batches: &[RecordBatch]) -> Vec<Vec<String>> {
     use datafusion::arrow::util::display::array_value_to_string;
     let mut out = Vec::new();
     for b in batches {
@@ -185,7 +192,6 @@ pub fn rows(batches: &[RecordBatch]) -> Vec<Vec<String>> {
             );
         }
     }
-    out.sort();
     out
 }
 
