@@ -44,7 +44,7 @@ pub struct FragmentContext {
 /// One node's part in a result.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct NodeCoverage {
-    /// ok, unreachable, timed out or refused.
+    /// ok, unreachable, timed out, refused or no such table.
     pub status: String,
     /// Rows the node sent for this query. The manifest travels in the
     /// result's schema, before any row, so it is logged, not sent.
@@ -82,7 +82,9 @@ impl Coverage {
 /// The status word for a failed connection.
 fn status_of(error: &QueryError) -> &'static str {
     let text = error.to_string();
-    if text.contains("refused the coordinator's login") {
+    if text.contains("publishes no table") || text.contains("is unavailable at node") {
+        "no such table"
+    } else if text.contains("refused") {
         "refused"
     } else if text.contains("timed out") || text.contains("deadline") {
         "timed out"
@@ -476,6 +478,13 @@ impl PartitionStream for Fragment {
         let (node, client, context) =
             (self.node.clone(), self.client.clone(), self.context.clone());
         let (sql, schema) = (self.sql.clone(), self.schema.clone());
+        if context.allow_partial {
+            let stream =
+                futures::stream::once(whole_or_nothing(node, client, context, sql, schema))
+                    .map(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
+                    .flatten();
+            return Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream));
+        }
         let stream = futures::stream::once(async move {
             node.stream(client, context, sql, schema)
                 .await
@@ -483,5 +492,43 @@ impl PartitionStream for Fragment {
         })
         .try_flatten();
         Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
+    }
+}
+
+/// A partial result's fragment: the node's whole answer, or none of it when
+/// the node fails on the way (a node's rows are never half counted), in
+/// which case the coverage manifest says so.
+async fn whole_or_nothing(
+    node: Arc<NodeClient>,
+    client: FlightSqlServiceClient<Channel>,
+    context: FragmentContext,
+    sql: String,
+    schema: SchemaRef,
+) -> Vec<datafusion::arrow::array::RecordBatch> {
+    let coverage = context.coverage.clone();
+    let query_id = context.query_id.clone();
+    let fetched = async {
+        node.clone()
+            .stream(client, context, sql, schema)
+            .await?
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(|e| QueryError::Unavailable(e.to_string()))
+    };
+    match fetched.await {
+        Ok(batches) => batches,
+        Err(e) => {
+            let mut lost = 0;
+            coverage.update(&node.name, |c| {
+                lost = std::mem::take(&mut c.rows);
+                c.status = status_of(&e).into();
+                c.error = Some(match lost {
+                    0 => e.to_string(),
+                    n => format!("{e} (after {n} rows, all left out)"),
+                });
+            });
+            tracing::warn!(node = %node.name, %query_id, rows_left_out = lost, error = %e, "node left out of a partial result during the query");
+            Vec::new()
+        }
     }
 }

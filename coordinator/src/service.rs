@@ -203,6 +203,7 @@ impl Backend for CoordinatorBackend {
         );
         Ok(Arc::new(CoordinatorScope {
             session,
+            allow_partial,
             query_id,
             caller: caller.clone(),
             project,
@@ -221,6 +222,7 @@ impl Backend for CoordinatorBackend {
 
 struct CoordinatorScope {
     session: SessionContext,
+    allow_partial: bool,
     query_id: String,
     caller: Caller,
     project: String,
@@ -254,5 +256,11 @@ impl QueryScope for CoordinatorScope {
 
     fn result_metadata(&self) -> HashMap<String, String> {
         HashMap::from([(COVERAGE_KEY.to_string(), self.coverage.to_json())])
+    }
+
+    /// A partial result is computed whole before it is sent, so its manifest
+    /// also names nodes lost during the query.
+    fn completes_before_sending(&self) -> bool {
+        self.allow_partial
     }
 }

@@ -134,6 +134,11 @@ pub trait QueryScope: Send + Sync {
     fn result_metadata(&self) -> HashMap<String, String> {
         HashMap::new()
     }
+    /// Whether the whole result is computed before its schema is sent, so
+    /// that [`result_metadata`](Self::result_metadata) describes all of it.
+    fn completes_before_sending(&self) -> bool {
+        false
+    }
 }
 
 /// What an endpoint serves, and to whom.
@@ -549,6 +554,26 @@ impl<B: Backend> FlightSqlEndpoint<B> {
     }
 }
 
+/// Starts the statement; a scope that wants its result complete before the
+/// schema goes out gets it computed here first.
+async fn run(
+    scope: &Arc<dyn QueryScope>,
+    df: DataFrame,
+) -> datafusion::error::Result<datafusion::execution::SendableRecordBatchStream> {
+    let stream = df.execute_stream().await?;
+    if !scope.completes_before_sending() {
+        return Ok(stream);
+    }
+    let schema = stream.schema();
+    let batches: Vec<RecordBatch> = stream.try_collect().await?;
+    Ok(Box::pin(
+        datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+            schema,
+            futures::stream::iter(batches.into_iter().map(Ok)),
+        ),
+    ))
+}
+
 /// Streams a planned statement: runs it, encodes batches as they come, and
 /// records the outcome once the stream ends, fails or the client goes away.
 fn execute_stream(
@@ -561,7 +586,7 @@ fn execute_stream(
     // instead of the server buffering the result.
     let (tx, rx) = mpsc::channel::<Result<FlightData, Status>>(2);
     tokio::spawn(async move {
-        let stream = match df.execute_stream().await {
+        let stream = match run(&scope, df).await {
             Ok(s) => s,
             Err(e) => {
                 let err = scope.explain_failure(e, Stage::Execution);

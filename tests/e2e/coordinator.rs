@@ -606,6 +606,71 @@ async fn a_node_killed_during_a_query_fails_it_by_name_and_the_coordinator_serve
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_node_killed_during_a_partial_query_is_left_out_whole_and_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    generate(root, 300, 65);
+    let acute_config = crate::streaming::publish_big_table(root);
+    let mut acute = NodeProcess::start(&acute_config);
+    let gp = NodeProcess::start(&root.join("gp/node.toml"));
+    let coordinator = start_coordinator_at(root, &[("acute", acute.addr), ("gp", gp.addr)], |c| {
+        c.nodes.retain(|n| n.name != "council");
+    });
+    let mut partial = client(
+        coordinator.addr,
+        "planner",
+        &root.join("secrets/planner.token"),
+    )
+    .await;
+    query(&mut partial, "SET carrow.allow_partial = true")
+        .await
+        .unwrap();
+    // gp's rows stay whatever happens to acute; acute streams millions of pids.
+    let sql = "SELECT r.sex, count(b.pid) AS matched FROM gp.registrations r \
+               LEFT JOIN acute.big b ON b.pid = r.pid GROUP BY r.sex";
+    let running = tokio::spawn(async move {
+        let result = query_with_manifest(&mut partial, sql).await;
+        (partial, result)
+    });
+    // Kill acute once it has sent rows, while millions are still to come.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    acute.child.kill().unwrap();
+    acute.child.wait().unwrap();
+    let (mut partial, (batches, manifest)) = running.await.unwrap();
+
+    assert_eq!(manifest["gp"]["status"], "ok", "{manifest}");
+    assert_eq!(manifest["acute"]["status"], "unreachable", "{manifest}");
+    let error = manifest["acute"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("node acute") && error.contains("rows, all left out"),
+        "acute failed mid-stream, and its rows so far were dropped: {manifest}"
+    );
+    // None of acute's rows counted; every gp row is there.
+    let got = rows(&batches);
+    let expected = rows(
+        &query(
+            &mut partial,
+            "SELECT sex, 0 FROM gp.registrations GROUP BY sex",
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(got, expected);
+    // The coordinator goes on serving, and without allow_partial the lost
+    // node fails the query by name.
+    let mut planner = client(
+        coordinator.addr,
+        "planner",
+        &root.join("secrets/planner.token"),
+    )
+    .await;
+    let err = query(&mut planner, "SELECT count(*) FROM acute.admissions")
+        .await
+        .unwrap_err();
+    assert!(err.contains("node acute"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_goes_away_cancels_the_nodes_work() {
     use futures::StreamExt;
     let dir = tempfile::tempdir().unwrap();
