@@ -1,10 +1,19 @@
-//! Carrow's governance rules and stores. Today: the hash-chained,
-//! append-only audit log that nodes (and the coordinator) keep of every
-//! query, and its verification.
+//! Carrow's governance rules and stores, applied by the coordinator (and,
+//! for the audit log, by nodes too): user roles and password hashes,
+//! disclosure control rules, research requests and their approvals, the
+//! canonical SQL that approvals are matched on, and hash-chained audit logs.
 
 pub mod audit;
+pub mod canonical;
+pub mod disclosure;
+pub mod requests;
+pub mod roles;
 
 pub use audit::{AuditLog, ChainReport, verify_file};
+pub use canonical::canonical_sql;
+pub use disclosure::{Preset, Rules};
+pub use requests::{NewRequest, Output, Request, RequestStore};
+pub use roles::Role;
 
 /// Errors of the governance crate.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +28,17 @@ pub enum GovernanceError {
         path: std::path::PathBuf,
         line: usize,
         seq: String,
+        reason: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("no request {0}")]
+    NoSuchRequest(i64),
+    #[error("request store {path}: {reason}")]
+    Store {
+        path: std::path::PathBuf,
         reason: String,
     },
 }
