@@ -72,3 +72,17 @@ pub fn coverage_line(metadata: &std::collections::HashMap<String, String>) -> Op
         .collect();
     Some(parts.join(", "))
 }
+
+/// A one-line summary of a disclosure control report, if the result had one.
+pub fn disclosure_line(metadata: &std::collections::HashMap<String, String>) -> Option<String> {
+    let report: serde_json::Value =
+        serde_json::from_str(metadata.get("carrow.disclosure")?).ok()?;
+    Some(format!(
+        "{}; {} rows suppressed (+{} totals), {} cells hidden, {} counts rounded",
+        report["rule"].as_str().unwrap_or("?"),
+        report["rows_suppressed"],
+        report["totals_suppressed"],
+        report["cells_suppressed"],
+        report["counts_rounded"]
+    ))
+}

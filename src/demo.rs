@@ -123,10 +123,19 @@ async fn run_in(dir: &Path, people: usize, seed: u64) -> anyhow::Result<()> {
         let coverage =
             client::coverage_line(&result.metadata).unwrap_or_else(|| "not reported".into());
         println!("   coverage: {coverage}");
+        if let Some(control) = client::disclosure_line(&result.metadata) {
+            println!("   disclosure control: {control}");
+        }
         println!("   ({:.0} ms)", asked.elapsed().as_secs_f64() * 1000.0);
     }
 
-    println!("\n== audit: each node logged every fragment it served");
+    println!("\n== audit: the coordinator logged every query, each node every fragment it served");
+    let report = carrow_governance::verify_file(cluster.coordinator.state.audit().path())?;
+    println!(
+        "   coordinator   {} records, chain intact, head {}",
+        report.records,
+        &report.head[..16]
+    );
     for node in &cluster.nodes {
         let report = carrow_governance::verify_file(node.state.audit().path())?;
         println!(

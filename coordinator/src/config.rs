@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use carrow_governance::{Preset, Role, Rules};
+
 use crate::CoordinatorError;
 
 /// Schema name of the union tables over nodes; no node may take it.
@@ -41,17 +43,43 @@ pub struct CoordinatorConfig {
     /// Users who may query the coordinator.
     #[serde(default)]
     pub users: Vec<UserConfig>,
+    /// Disclosure control of planners' (and aggregate research) results.
+    #[serde(default)]
+    pub disclosure: DisclosureConfig,
 }
 
-/// A user: Basic auth with `name` and a token whose SHA-256 is stored here.
+/// A user: Basic auth with `name` and a password kept here only as a salted
+/// argon2id hash (`carrow users hash-password` makes one).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     pub name: String,
     /// planner, researcher or governance.
-    pub role: String,
-    /// Hex SHA-256 of the user's token.
-    pub token_sha256: String,
+    pub role: Role,
+    /// The password's argon2id hash, as a PHC string (`$argon2id$...`).
+    pub password_hash: String,
+}
+
+/// Disclosure control: a preset, optionally with its thresholds overridden.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisclosureConfig {
+    /// carrow (fewer than 10 suppressed, round to 5), datashield (3),
+    /// opensafely (7 or fewer redacted, round to 5) or pcornet (11).
+    #[serde(default)]
+    pub preset: Preset,
+    /// Rows of fewer persons than this are suppressed (overrides the preset).
+    pub min_persons: Option<u64>,
+    /// Counts are rounded to the nearest multiple of this (overrides the preset).
+    pub round_to: Option<u64>,
+}
+
+impl DisclosureConfig {
+    /// The rules this configuration gives.
+    pub fn rules(&self) -> Result<Rules, CoordinatorError> {
+        Rules::new(self.preset, self.min_persons, self.round_to)
+            .map_err(|e| CoordinatorError::InvalidConfig(vec![format!("disclosure: {e}")]))
+    }
 }
 
 fn default_listen() -> String {
@@ -154,18 +182,12 @@ impl CoordinatorConfig {
                     u.name
                 ));
             }
-            if !["planner", "researcher", "governance"].contains(&u.role.as_str()) {
-                problems.push(format!(
-                    "users[{i}].role: {:?} must be planner, researcher or governance",
-                    u.role
-                ));
+            if let Err(e) = carrow_governance::roles::check_hash(&u.password_hash) {
+                problems.push(format!("users[{i}].password_hash: {e}"));
             }
-            if u.token_sha256.len() != 64 || !u.token_sha256.bytes().all(|b| b.is_ascii_hexdigit())
-            {
-                problems.push(format!(
-                    "users[{i}].token_sha256: must be 64 hexadecimal characters"
-                ));
-            }
+        }
+        if let Err(CoordinatorError::InvalidConfig(mut found)) = self.disclosure.rules() {
+            problems.append(&mut found);
         }
         if problems.is_empty() {
             Ok(())

@@ -11,6 +11,7 @@
 
 pub mod combined;
 pub mod config;
+pub mod disclosure;
 pub mod pushdown;
 pub mod remote;
 pub mod service;
@@ -42,6 +43,8 @@ pub enum CoordinatorError {
     },
     #[error("the Flight SQL server stopped: {0}")]
     Serve(String),
+    #[error("state directory: {0}")]
+    State(String),
 }
 
 /// A coordinator serving on a socket.

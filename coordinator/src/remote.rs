@@ -7,11 +7,13 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::error::FlightError;
 use arrow_flight::sql::CommandGetTables;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use async_trait::async_trait;
 use carrow_sql::QueryError;
-use carrow_sql::flight::{PROJECT_HEADER, QUERY_ID_HEADER};
+use carrow_sql::flight::{PROJECT_HEADER, QUERY_ID_HEADER, RECEIPT_HEADER};
 use datafusion::arrow::array::{BinaryArray, StringArray};
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::ipc::convert::try_schema_from_ipc_buffer;
@@ -56,25 +58,73 @@ pub struct NodeCoverage {
     pub error: Option<String>,
 }
 
-/// The coverage manifest of one query: every node it needed.
+/// One fragment a query sent to a node, for the coordinator's audit log.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FragmentRecord {
+    pub node: String,
+    pub sql: String,
+    /// ok, or why the fragment did not complete.
+    pub status: String,
+    pub rows: u64,
+    /// The node's query id and its audit log head after recording the
+    /// fragment, from the node's receipt.
+    pub node_query_id: Option<String>,
+    pub node_audit_head: Option<String>,
+}
+
+/// The coverage manifest of one query: every node it needed, and every
+/// fragment it sent.
 #[derive(Debug, Default)]
-pub struct Coverage(std::sync::Mutex<std::collections::BTreeMap<String, NodeCoverage>>);
+pub struct Coverage {
+    nodes: std::sync::Mutex<std::collections::BTreeMap<String, NodeCoverage>>,
+    fragments: std::sync::Mutex<Vec<FragmentRecord>>,
+}
 
 impl Coverage {
     fn update(&self, node: &str, f: impl FnOnce(&mut NodeCoverage)) {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
         f(map.entry(node.to_string()).or_default());
+    }
+
+    fn record(&self, fragment: FragmentRecord) {
+        self.fragments
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(fragment);
     }
 
     /// Rows each node sent so far.
     pub fn rows(&self) -> Vec<(String, u64)> {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let map = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
         map.iter().map(|(node, c)| (node.clone(), c.rows)).collect()
+    }
+
+    /// The fragments sent so far.
+    pub fn fragments(&self) -> Vec<FragmentRecord> {
+        self.fragments
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Per node: status, rows, freshness and error, for the audit log.
+    pub fn nodes(&self) -> serde_json::Value {
+        let map = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        serde_json::Value::Object(
+            map.iter()
+                .map(|(node, c)| {
+                    (
+                        node.clone(),
+                        serde_json::json!({"status": c.status, "rows": c.rows, "freshness": c.freshness, "error": c.error}),
+                    )
+                })
+                .collect(),
+        )
     }
 
     /// The manifest as JSON: `{"node": {"status", "freshness", "error"}}`.
     pub fn to_json(&self) -> String {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let map = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
         serde_json::to_string(&*map).unwrap_or_default()
     }
 }
@@ -227,33 +277,137 @@ impl NodeClient {
             QueryError::Unavailable(format!("node {name} failed the fragment: {e}"))
         };
         tracing::debug!(node = %self.name, query_id = %context.query_id, %sql, "fragment");
-        let info = client
-            .execute(sql, None)
-            .await
-            .map_err(|e| failed(e.to_string()))?;
+        let refused = |e: String| FragmentRecord {
+            node: self.name.clone(),
+            sql: sql.clone(),
+            status: e,
+            rows: 0,
+            node_query_id: None,
+            node_audit_head: None,
+        };
+        let info = match client.execute(sql.clone(), None).await {
+            Ok(info) => info,
+            Err(e) => {
+                let e = failed(e.to_string());
+                context.coverage.record(refused(e.to_string()));
+                return Err(e);
+            }
+        };
         let ticket = info
             .endpoint
             .into_iter()
             .next()
             .and_then(|e| e.ticket)
             .ok_or_else(|| failed("no ticket".into()))?;
-        let stream = client
-            .do_get(ticket)
-            .await
-            .map_err(|e| failed(e.to_string()))?;
+        // The node's receipt (its query id and audit head) comes in an
+        // app_metadata-only message after the last batch: taken aside here,
+        // as the batch decoder accepts no message without a header.
+        let receipt: Arc<std::sync::Mutex<Option<Vec<u8>>>> = Arc::default();
+        let raw = match raw_do_get(&mut client, ticket, &context).await {
+            Ok(raw) => raw,
+            Err(e) => {
+                let e = failed(e.to_string());
+                context.coverage.record(refused(e.to_string()));
+                return Err(e);
+            }
+        };
+        let kept = receipt.clone();
+        let data = raw.filter_map(move |item| {
+            let out = match item {
+                Ok(data) if data.data_header.is_empty() && !data.app_metadata.is_empty() => {
+                    *kept.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(data.app_metadata.to_vec());
+                    None
+                }
+                other => Some(other.map_err(FlightError::from)),
+            };
+            futures::future::ready(out)
+        });
+        let decoded = FlightRecordBatchStream::new_from_flight_data(data);
+        let fragment = FragmentRecord {
+            node: self.name.clone(),
+            sql,
+            status: "ok".into(),
+            rows: 0,
+            node_query_id: None,
+            node_audit_head: None,
+        };
         let name = self.name.clone();
         let coverage = context.coverage.clone();
-        let batches = stream.map(move |item| match item {
-            Ok(batch) => {
-                coverage.update(&name, |c| c.rows += batch.num_rows() as u64);
-                Ok(batch)
-            }
-            Err(e) => Err(DataFusionError::External(Box::new(
-                QueryError::Unavailable(format!("node {name}: {e}")),
-            ))),
-        });
+        let batches = futures::stream::unfold(
+            (decoded, Some(fragment)),
+            move |(mut decoded, mut pending)| {
+                let (name, coverage, receipt) = (name.clone(), coverage.clone(), receipt.clone());
+                async move {
+                    let open = pending.as_mut()?;
+                    match decoded.next().await {
+                        Some(Ok(batch)) => {
+                            open.rows += batch.num_rows() as u64;
+                            coverage.update(&name, |c| c.rows += batch.num_rows() as u64);
+                            Some((Ok(batch), (decoded, pending)))
+                        }
+                        Some(Err(e)) => {
+                            let mut done = pending.take()?;
+                            done.status = format!("failed: {e}");
+                            coverage.record(done);
+                            let error = QueryError::Unavailable(format!("node {name}: {e}"));
+                            Some((
+                                Err(DataFusionError::External(Box::new(error))),
+                                (decoded, None),
+                            ))
+                        }
+                        None => {
+                            let mut done = pending.take()?;
+                            if let Some(bytes) =
+                                receipt.lock().unwrap_or_else(|p| p.into_inner()).take()
+                            {
+                                read_receipt(&mut done, &bytes);
+                            }
+                            coverage.record(done);
+                            None
+                        }
+                    }
+                }
+            },
+        );
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
     }
+}
+
+/// `DoGet` of `ticket` with the client's session token and the query's
+/// headers, returning the node's messages undecoded.
+async fn raw_do_get(
+    client: &mut FlightSqlServiceClient<Channel>,
+    ticket: arrow_flight::Ticket,
+    context: &FragmentContext,
+) -> Result<tonic::Streaming<arrow_flight::FlightData>, tonic::Status> {
+    let mut request = tonic::Request::new(ticket);
+    let headers = [
+        (
+            "authorization",
+            client.token().map(|t| format!("Bearer {t}")),
+        ),
+        (PROJECT_HEADER, Some(context.project.clone())),
+        (QUERY_ID_HEADER, Some(context.query_id.clone())),
+        (RECEIPT_HEADER, Some("1".to_string())),
+    ];
+    for (key, value) in headers {
+        if let Some(value) = value
+            && let Ok(value) = value.parse()
+        {
+            request.metadata_mut().insert(key, value);
+        }
+    }
+    Ok(client.inner_mut().do_get(request).await?.into_inner())
+}
+
+/// Fills `fragment` from a node's receipt: `{"query_id", "rows", "audit_head"}`.
+fn read_receipt(fragment: &mut FragmentRecord, metadata: &[u8]) {
+    let Ok(receipt) = serde_json::from_slice::<serde_json::Value>(metadata) else {
+        return;
+    };
+    fragment.node_query_id = receipt["query_id"].as_str().map(str::to_string);
+    fragment.node_audit_head = receipt["audit_head"].as_str().map(str::to_string);
 }
 
 /// What a remote table reads at its node: a published table, or a query
@@ -271,6 +425,8 @@ pub struct RemoteTable {
     source: RemoteSource,
     schema: SchemaRef,
     freshness: Option<String>,
+    /// The node declared the table personal (rows are about persons).
+    personal: bool,
 }
 
 impl RemoteTable {
@@ -278,12 +434,18 @@ impl RemoteTable {
     pub fn new(node: Arc<NodeClient>, table: String, schema: SchemaRef) -> Self {
         // Schema-level metadata (freshness) stays out of the plan's schema.
         let freshness = schema.metadata().get("carrow.freshness").cloned();
+        // A table that does not say is treated as personal.
+        let personal = schema
+            .metadata()
+            .get("carrow.personal")
+            .is_none_or(|p| p != "false");
         let schema = Arc::new(Schema::new(schema.fields().clone()));
         Self {
             node,
             source: RemoteSource::Table(table),
             schema,
             freshness,
+            personal,
         }
     }
 
@@ -299,7 +461,13 @@ impl RemoteTable {
             source: RemoteSource::Query(sql),
             schema,
             freshness,
+            personal: true,
         }
+    }
+
+    /// Whether the node declared the table personal.
+    pub fn personal(&self) -> bool {
+        self.personal
     }
 
     /// The node this table reads.

@@ -6,17 +6,25 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use carrow_sql::auth::token_matches;
+use std::time::Instant;
+
+use carrow_governance::roles::verify_password;
+use carrow_governance::{AuditLog, GovernanceError, NewRequest, Output, RequestStore, Role, Rules};
 use carrow_sql::{Backend, Caller, QueryError, QueryScope, Released, RequestMeta};
 use datafusion::catalog::{
     CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider,
 };
+use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::SessionConfig;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 use datafusion::prelude::SessionContext;
+use serde_json::json;
 
 use crate::CoordinatorError;
 use crate::config::{COMBINED_SCHEMA, CoordinatorConfig, UserConfig};
+use crate::disclosure::{DisclosurePlanner, ReportSink};
 use crate::pushdown::PushToNode;
 use crate::remote::{Coverage, FragmentContext, NodeClient, RemoteTable};
 use crate::split_aggregate::SplitAggregatePerNode;
@@ -27,6 +35,12 @@ pub const CATALOG: &str = "carrow";
 pub const ALLOW_PARTIAL: &str = "carrow.allow_partial";
 /// Result schema metadata key of the coverage manifest (JSON).
 pub const COVERAGE_KEY: &str = "carrow.coverage";
+/// Result schema metadata key of the disclosure control report (JSON).
+pub const DISCLOSURE_KEY: &str = "carrow.disclosure";
+/// The audit log's file in the state directory.
+pub const AUDIT_FILE: &str = "audit.jsonl";
+/// The request store's file in the state directory.
+pub const REQUESTS_FILE: &str = "requests.sqlite";
 
 /// The coordinator's state, built at start.
 pub struct CoordinatorState {
@@ -37,6 +51,12 @@ pub struct CoordinatorState {
     nodes: Vec<Arc<NodeClient>>,
     /// Nodes that did not answer the last catalog refresh, with the reason.
     unreachable: std::sync::Mutex<Vec<(String, String)>>,
+    /// Disclosure control for planners and aggregate research.
+    rules: Rules,
+    /// Research requests and approvals.
+    requests: RequestStore,
+    /// The coordinator's hash-chained log of every query attempt and decision.
+    audit: AuditLog,
 }
 
 impl std::fmt::Debug for CoordinatorState {
@@ -70,12 +90,23 @@ impl CoordinatorState {
             .with_memory_limit(config.memory_limit_mb * 1024 * 1024, 1.0)
             .build_arc()
             .map_err(|e| CoordinatorError::Catalog(format!("runtime: {e}")))?;
+        let rules = config.disclosure.rules()?;
+        std::fs::create_dir_all(&config.state_dir).map_err(|e| {
+            CoordinatorError::State(format!("cannot create {}: {e}", config.state_dir.display()))
+        })?;
+        let requests = RequestStore::open(&config.state_dir.join(REQUESTS_FILE))
+            .map_err(|e| CoordinatorError::State(e.to_string()))?;
+        let audit = AuditLog::open(&config.state_dir.join(AUDIT_FILE))
+            .map_err(|e| CoordinatorError::State(e.to_string()))?;
         let state = Self {
             config,
             runtime,
             catalog: Arc::new(MemoryCatalogProvider::new()),
             nodes,
             unreachable: std::sync::Mutex::new(Vec::new()),
+            rules,
+            requests,
+            audit,
         };
         state.refresh().await?;
         Ok(state)
@@ -133,6 +164,26 @@ impl CoordinatorState {
     fn user(&self, name: &str) -> Option<&UserConfig> {
         self.config.users.iter().find(|u| u.name == name)
     }
+
+    /// The coordinator's audit log.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// The research request store.
+    pub fn requests(&self) -> &RequestStore {
+        &self.requests
+    }
+
+    fn record(&self, body: serde_json::Value) -> Option<String> {
+        match self.audit.append(body) {
+            Ok(head) => Some(head),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot append to the coordinator audit log");
+                None
+            }
+        }
+    }
 }
 
 /// The coordinator's Flight SQL backend.
@@ -145,24 +196,198 @@ impl CoordinatorBackend {
     pub fn new(state: Arc<CoordinatorState>) -> Self {
         Self { state }
     }
+
+    /// A query session: the node catalog, the coordinator's optimizer rules
+    /// and disclosure control's physical operator.
+    fn session(&self, context: FragmentContext) -> SessionContext {
+        let config = SessionConfig::new()
+            .with_default_catalog_and_schema(CATALOG, "public")
+            .with_information_schema(false)
+            .with_extension(Arc::new(context));
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(self.state.runtime.clone())
+            .with_default_features()
+            .with_query_planner(Arc::new(CoordinatorPlanner))
+            .build();
+        let session = SessionContext::new_with_state(state);
+        session.add_optimizer_rule(Arc::new(SplitAggregatePerNode));
+        session.add_optimizer_rule(Arc::new(PushToNode));
+        session.register_catalog(
+            CATALOG,
+            self.state.catalog.clone() as Arc<dyn CatalogProvider>,
+        );
+        session
+    }
+
+    /// Records a refused attempt and returns the refusal.
+    fn refuse(
+        &self,
+        caller: &Caller,
+        query_id: &str,
+        project: Option<&str>,
+        sql: &str,
+        err: QueryError,
+    ) -> QueryError {
+        tracing::warn!(user = %caller.user, role = %caller.role, %query_id, error = %err, "query refused");
+        self.state.record(json!({
+            "kind": "query",
+            "query_id": query_id,
+            "user": caller.user,
+            "role": caller.role,
+            "project": project,
+            "request": null,
+            "sql": sql,
+            "outcome": err.outcome(),
+            "error": err.to_string(),
+        }));
+        err
+    }
+}
+
+/// Physical planning with the disclosure control operator.
+#[derive(Debug)]
+struct CoordinatorPlanner;
+
+#[async_trait::async_trait]
+impl datafusion::execution::context::QueryPlanner for CoordinatorPlanner {
+    async fn create_physical_plan(
+        &self,
+        logical_plan: &LogicalPlan,
+        session_state: &dyn datafusion::catalog::Session,
+    ) -> datafusion::error::Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(DisclosurePlanner)])
+            .create_physical_plan(logical_plan, session_state)
+            .await
+    }
 }
 
 fn random_query_id() -> String {
     format!("q-{}", carrow_sql::flight::random_hex(8))
 }
 
+/// Today's date (UTC), against which request expiry is checked.
+fn today() -> String {
+    chrono::Utc::now().date_naive().to_string()
+}
+
+fn governance_error(e: GovernanceError) -> QueryError {
+    match e {
+        GovernanceError::Refused(m) => QueryError::refused(rules::APPROVED_REQUESTS, m),
+        GovernanceError::Invalid(m) => QueryError::Invalid(m),
+        GovernanceError::NoSuchRequest(id) => QueryError::NotFound(format!("no request {id}")),
+        other => QueryError::Internal(other.to_string()),
+    }
+}
+
+/// Rule names in the coordinator's refusals.
+pub mod rules {
+    /// Researchers run only SQL a governance board approved.
+    pub const APPROVED_REQUESTS: &str = "approved requests only";
+    /// Each role does only its own work.
+    pub const ROLES: &str = "roles";
+}
+
+/// What governance lets one statement do.
+struct Permit {
+    project: String,
+    control: Option<Rules>,
+    request: Option<i64>,
+    run: Option<i64>,
+}
+
+impl CoordinatorBackend {
+    fn permit(
+        &self,
+        caller: &Caller,
+        role: Role,
+        meta: &RequestMeta,
+        sql: &str,
+        query_id: &str,
+    ) -> Result<Permit, QueryError> {
+        let default_project = || {
+            meta.project
+                .clone()
+                .unwrap_or_else(|| self.state.config.default_project.clone())
+        };
+        // Catalog calls and session settings read no data.
+        if sql.trim().is_empty() || meta.setting {
+            return Ok(Permit {
+                project: default_project(),
+                control: None,
+                request: None,
+                run: None,
+            });
+        }
+        // What the statement is comes first: a write or an unknown setting
+        // is refused for what it is, whoever sends it.
+        carrow_sql::statement::check_read_only(sql)?;
+        match role {
+            Role::Governance => Err(QueryError::refused(
+                rules::ROLES,
+                format!(
+                    "{} is a governance user: governance users review requests and audit logs and run no data queries",
+                    caller.user
+                ),
+            )),
+            Role::Planner => Ok(Permit {
+                project: default_project(),
+                control: Some(self.state.rules),
+                request: None,
+                run: None,
+            }),
+            Role::Researcher => {
+                let store = &self.state.requests;
+                let (request, run) = if meta.preparing {
+                    (
+                        store
+                            .authorise(&caller.user, sql, &today())
+                            .map_err(governance_error)?,
+                        None,
+                    )
+                } else {
+                    let run = store
+                        .start_run(&caller.user, sql, &today(), query_id)
+                        .map_err(governance_error)?;
+                    (run.request, Some(run.id))
+                };
+                if let Some(asked) = &meta.project
+                    && *asked != request.project
+                {
+                    if let Some(run) = run {
+                        let _ = store.finish_run(run, false);
+                    }
+                    return Err(QueryError::refused(
+                        rules::APPROVED_REQUESTS,
+                        format!(
+                            "request {} was approved for project {}, not {asked}",
+                            request.id, request.project
+                        ),
+                    ));
+                }
+                Ok(Permit {
+                    project: request.project.clone(),
+                    control: (request.output == Output::Aggregate).then_some(self.state.rules),
+                    request: Some(request.id),
+                    run,
+                })
+            }
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Backend for CoordinatorBackend {
     fn authenticate(&self, user: &str, secret: &str) -> Result<Caller, QueryError> {
         match self.state.user(user) {
-            Some(u) if token_matches(secret, &u.token_sha256) => Ok(Caller {
+            Some(u) if verify_password(secret, &u.password_hash) => Ok(Caller {
                 user: u.name.clone(),
-                role: u.role.clone(),
+                role: u.role.to_string(),
             }),
             _ => {
                 tracing::warn!(user = %user, "refused login");
                 Err(QueryError::Unauthenticated(format!(
-                    "unknown user {user:?} or wrong token"
+                    "unknown user {user:?} or wrong password"
                 )))
             }
         }
@@ -172,42 +397,40 @@ impl Backend for CoordinatorBackend {
         &self,
         caller: &Caller,
         meta: &RequestMeta,
-        _sql: &str,
+        sql: &str,
     ) -> Result<Arc<dyn QueryScope>, QueryError> {
         let query_id = random_query_id();
-        let project = meta
-            .project
-            .clone()
-            .unwrap_or_else(|| self.state.config.default_project.clone());
+        let role: Role = caller
+            .role
+            .parse()
+            .map_err(|e: GovernanceError| QueryError::Internal(e.to_string()))?;
+        let permit = self
+            .permit(caller, role, meta, sql, &query_id)
+            .map_err(|e| self.refuse(caller, &query_id, meta.project.as_deref(), sql, e))?;
         let allow_partial = meta
             .settings
             .get(ALLOW_PARTIAL)
             .is_some_and(|v| v.eq_ignore_ascii_case("true"));
         let coverage = Arc::new(Coverage::default());
         let context = FragmentContext {
-            project: project.clone(),
+            project: permit.project.clone(),
             query_id: query_id.clone(),
             allow_partial,
             coverage: coverage.clone(),
         };
-        let config = SessionConfig::new()
-            .with_default_catalog_and_schema(CATALOG, "public")
-            .with_information_schema(false)
-            .with_extension(Arc::new(context));
-        let session = SessionContext::new_with_config_rt(config, self.state.runtime.clone());
-        session.add_optimizer_rule(Arc::new(SplitAggregatePerNode));
-        session.add_optimizer_rule(Arc::new(PushToNode));
-        session.register_catalog(
-            CATALOG,
-            self.state.catalog.clone() as Arc<dyn CatalogProvider>,
-        );
         Ok(Arc::new(CoordinatorScope {
-            session,
+            state: self.state.clone(),
+            session: self.session(context),
             allow_partial,
             query_id,
             caller: caller.clone(),
-            project,
+            project: permit.project,
             coverage,
+            control: permit.control,
+            sink: ReportSink::default(),
+            request: permit.request,
+            run: permit.run,
+            started: Instant::now(),
         }))
     }
 
@@ -218,15 +441,105 @@ impl Backend for CoordinatorBackend {
     fn settings(&self) -> &'static [&'static str] {
         &[ALLOW_PARTIAL]
     }
+
+    async fn action(
+        &self,
+        caller: &Caller,
+        name: &str,
+        body: &[u8],
+    ) -> Result<Vec<u8>, QueryError> {
+        let role: Role = caller
+            .role
+            .parse()
+            .map_err(|e: GovernanceError| QueryError::Internal(e.to_string()))?;
+        let input: serde_json::Value = if body.is_empty() {
+            json!({})
+        } else {
+            serde_json::from_slice(body).map_err(|e| {
+                QueryError::Invalid(format!("action {name}: the body is not JSON: {e}"))
+            })?
+        };
+        let store = &self.state.requests;
+        let wrong_role = |what: &str| {
+            QueryError::refused(rules::ROLES, format!("{} is a {role}; {what}", caller.user))
+        };
+        let id = || {
+            input["id"]
+                .as_i64()
+                .ok_or_else(|| QueryError::Invalid(format!("action {name}: give the request's id")))
+        };
+        let answer = match name {
+            "carrow.request.submit" => {
+                if role != Role::Researcher {
+                    return Err(wrong_role("only researchers submit requests"));
+                }
+                let new: NewRequest = serde_json::from_value(input.clone())
+                    .map_err(|e| QueryError::Invalid(format!("action {name}: {e}")))?;
+                let request = store.submit(&caller.user, &new).map_err(governance_error)?;
+                self.state.record(json!({
+                    "kind": "request", "action": "submit", "user": caller.user, "role": caller.role,
+                    "request": request.id, "project": request.project, "output": new.output,
+                    "sql": request.sql, "outcome": "ok",
+                }));
+                json!(request)
+            }
+            "carrow.request.list" => match role {
+                Role::Researcher => {
+                    json!(store.list(Some(&caller.user)).map_err(governance_error)?)
+                }
+                Role::Governance => json!(store.list(None).map_err(governance_error)?),
+                Role::Planner => return Err(wrong_role("planners have no requests")),
+            },
+            "carrow.request.show" => {
+                let request = store.get(id()?).map_err(governance_error)?;
+                match role {
+                    Role::Governance => {}
+                    Role::Researcher if request.requester == caller.user => {}
+                    _ => {
+                        return Err(QueryError::NotFound(format!(
+                            "no request {} of {}",
+                            request.id, caller.user
+                        )));
+                    }
+                }
+                json!(request)
+            }
+            "carrow.request.decide" => {
+                if role != Role::Governance {
+                    return Err(wrong_role("only governance users decide on requests"));
+                }
+                let decision = input["decision"].as_str().unwrap_or_default().to_string();
+                let comment = input["comment"].as_str();
+                let id = id()?;
+                let outcome = store.decide(id, &caller.user, &decision, comment);
+                self.state.record(json!({
+                    "kind": "request", "action": decision, "user": caller.user, "role": caller.role,
+                    "request": id, "comment": comment,
+                    "outcome": if outcome.is_ok() { "ok" } else { "refused" },
+                    "error": outcome.as_ref().err().map(|e| e.to_string()),
+                }));
+                json!(outcome.map_err(governance_error)?)
+            }
+            other => return Err(QueryError::NotFound(format!("unknown action {other:?}"))),
+        };
+        Ok(answer.to_string().into_bytes())
+    }
 }
 
 struct CoordinatorScope {
+    state: Arc<CoordinatorState>,
     session: SessionContext,
     allow_partial: bool,
     query_id: String,
     caller: Caller,
     project: String,
     coverage: Arc<Coverage>,
+    /// Disclosure control's rules, when the result is controlled.
+    control: Option<Rules>,
+    sink: ReportSink,
+    request: Option<i64>,
+    run: Option<i64>,
+    started: Instant,
 }
 
 impl QueryScope for CoordinatorScope {
@@ -238,29 +551,70 @@ impl QueryScope for CoordinatorScope {
         &self.query_id
     }
 
-    fn finish(&self, _sql: &str, outcome: Result<Released, &QueryError>) -> Option<String> {
+    fn prepare_plan(&self, plan: LogicalPlan) -> Result<LogicalPlan, QueryError> {
+        match self.control {
+            Some(rules) => crate::disclosure::control(plan, rules, self.sink.clone()),
+            None => Ok(plan),
+        }
+    }
+
+    fn finish(&self, sql: &str, outcome: Result<Released, &QueryError>) -> Option<String> {
+        if let Some(run) = self.run
+            && let Err(e) = self.state.requests.finish_run(run, outcome.is_ok())
+        {
+            tracing::error!(run, error = %e, "cannot record the end of a research run");
+        }
         let coverage = self.coverage.to_json();
-        let node_rows = self.coverage.rows();
-        match outcome {
+        match &outcome {
             Ok(r) => tracing::info!(
                 query_id = %self.query_id, user = %self.caller.user, project = %self.project,
-                rows = r.rows, ?node_rows, %coverage, "query"
+                rows = r.rows, node_rows = ?self.coverage.rows(), %coverage, "query"
             ),
             Err(e) => tracing::info!(
                 query_id = %self.query_id, user = %self.caller.user, project = %self.project,
                 error = %e, %coverage, "query failed"
             ),
         }
-        None
+        if sql.trim().is_empty() {
+            return None;
+        }
+        let (outcome_word, error, rows) = match &outcome {
+            Ok(r) => ("ok", None, Some(r.rows)),
+            Err(e) => (e.outcome(), Some(e.to_string()), None),
+        };
+        self.state.record(json!({
+            "kind": "query",
+            "query_id": self.query_id,
+            "user": self.caller.user,
+            "role": self.caller.role,
+            "project": self.project,
+            "request": self.request,
+            "sql": sql,
+            "outcome": outcome_word,
+            "error": error,
+            "rows": rows,
+            "duration_ms": self.started.elapsed().as_millis() as u64,
+            "nodes": self.coverage.nodes(),
+            "fragments": self.coverage.fragments(),
+            "disclosure": self.sink.get(),
+        }))
     }
 
     fn result_metadata(&self) -> HashMap<String, String> {
-        HashMap::from([(COVERAGE_KEY.to_string(), self.coverage.to_json())])
+        let mut metadata = HashMap::from([(COVERAGE_KEY.to_string(), self.coverage.to_json())]);
+        if let Some(report) = self.sink.get() {
+            metadata.insert(
+                DISCLOSURE_KEY.to_string(),
+                serde_json::to_string(&report).unwrap_or_default(),
+            );
+        }
+        metadata
     }
 
     /// A partial result is computed whole before it is sent, so its manifest
-    /// also names nodes lost during the query.
+    /// also names nodes lost during the query; a controlled one, so every
+    /// row can be checked against the others (totals) before release.
     fn completes_before_sending(&self) -> bool {
-        self.allow_partial
+        self.allow_partial || self.control.is_some()
     }
 }

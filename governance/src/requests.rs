@@ -345,6 +345,28 @@ impl RequestStore {
         today: &str,
         query_id: &str,
     ) -> Result<Run, GovernanceError> {
+        self.find_run(requester, sql, today, Some(query_id))
+    }
+
+    /// The request that would allow `requester` to run `sql` today, without
+    /// starting a run (a statement being prepared).
+    pub fn authorise(
+        &self,
+        requester: &str,
+        sql: &str,
+        today: &str,
+    ) -> Result<Request, GovernanceError> {
+        self.find_run(requester, sql, today, None)
+            .map(|run| run.request)
+    }
+
+    fn find_run(
+        &self,
+        requester: &str,
+        sql: &str,
+        today: &str,
+        query_id: Option<&str>,
+    ) -> Result<Run, GovernanceError> {
         let canonical = canonical_sql(sql)?;
         let err = db_error(&self.path);
         self.with(|tx| {
@@ -365,6 +387,9 @@ impl RequestStore {
                 };
                 match usable(&request, today) {
                     Ok(()) => {
+                        let Some(query_id) = query_id else {
+                            return Ok(Run { id: 0, request });
+                        };
                         tx.execute(
                             "INSERT INTO runs (request_id, query_id, status, started_at) VALUES (?1, ?2, 'running', ?3)",
                             params![id, query_id, now()],

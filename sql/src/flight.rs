@@ -34,6 +34,7 @@ use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::arrow::ipc::writer::IpcWriteOptions;
 use datafusion::common::ScalarValue;
 use datafusion::execution::context::SQLOptions;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{DataFrame, SessionContext};
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
@@ -74,6 +75,11 @@ pub struct RequestMeta {
     pub upstream_query_id: Option<String>,
     /// The session's `SET carrow.*` settings.
     pub settings: BTreeMap<String, String>,
+    /// The statement is being prepared, not run: a backend checks it but
+    /// counts no run.
+    pub preparing: bool,
+    /// The statement is a `SET carrow.*` setting, not a query.
+    pub setting: bool,
 }
 
 impl RequestMeta {
@@ -88,6 +94,8 @@ impl RequestMeta {
             wants_receipt: text(RECEIPT_HEADER).is_some_and(|v| v == "1" || v == "true"),
             upstream_query_id: text(QUERY_ID_HEADER),
             settings: BTreeMap::new(),
+            preparing: false,
+            setting: false,
         }
     }
 }
@@ -134,6 +142,11 @@ pub trait QueryScope: Send + Sync {
     fn result_metadata(&self) -> HashMap<String, String> {
         HashMap::new()
     }
+    /// The scope's own rewrite of the statement's logical plan (disclosure
+    /// control), applied before it is optimised and run.
+    fn prepare_plan(&self, plan: LogicalPlan) -> Result<LogicalPlan, QueryError> {
+        Ok(plan)
+    }
     /// Whether the whole result is computed before its schema is sent, so
     /// that [`result_metadata`](Self::result_metadata) describes all of it.
     fn completes_before_sending(&self) -> bool {
@@ -160,6 +173,16 @@ pub trait Backend: Send + Sync + 'static {
     /// `carrow.allow_partial`); any other `SET` is refused.
     fn settings(&self) -> &'static [&'static str] {
         &[]
+    }
+    /// A custom Flight action (`carrow.request.submit`, ...) with a JSON body;
+    /// returns the JSON answer.
+    async fn action(
+        &self,
+        _caller: &Caller,
+        name: &str,
+        _body: &[u8],
+    ) -> Result<Vec<u8>, QueryError> {
+        Err(QueryError::NotFound(format!("unknown action {name:?}")))
     }
 }
 
@@ -408,6 +431,8 @@ impl<B: Backend> FlightSqlEndpoint<B> {
             .sql_with_options(sql, options)
             .await
             .map_err(|e| scope.explain_failure(e, Stage::Planning))?;
+        let (state, plan) = df.into_parts();
+        let df = DataFrame::new(state, scope.prepare_plan(plan)?);
         let df = match params {
             Some(values) => df
                 .with_param_values(values)
@@ -431,7 +456,8 @@ impl<B: Backend> FlightSqlEndpoint<B> {
         if let Some((name, value)) = setting.clone() {
             self.store_setting(md, name, value)?;
         }
-        let meta = self.meta(md);
+        let mut meta = self.meta(md);
+        meta.setting = setting.is_some();
         let scope = self.backend.scope(caller, &meta, sql).await?;
         let planned = match setting {
             Some(_) => scope.session().read_empty().map_err(QueryError::from),
@@ -786,13 +812,34 @@ impl<B: Backend> FlightSqlService for FlightSqlEndpoint<B> {
         }
     }
 
+    async fn do_action_fallback(
+        &self,
+        request: Request<arrow_flight::Action>,
+    ) -> Result<
+        Response<<Self as arrow_flight::flight_service_server::FlightService>::DoActionStream>,
+        Status,
+    > {
+        let caller = self.caller(request.metadata())?;
+        let action = request.into_inner();
+        let answer = self
+            .backend
+            .action(&caller, &action.r#type, &action.body)
+            .await?;
+        let result = arrow_flight::Result {
+            body: answer.into(),
+        };
+        Ok(Response::new(Box::pin(futures::stream::iter([Ok(result)]))))
+    }
+
     async fn do_action_create_prepared_statement(
         &self,
         query: ActionCreatePreparedStatementRequest,
         request: Request<arrow_flight::Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let caller = self.caller(request.metadata())?;
-        let meta = self.meta(request.metadata());
+        let mut meta = self.meta(request.metadata());
+        meta.preparing = true;
+        meta.setting = self.accepted_setting(&query.query).is_some();
         let scope = self.backend.scope(&caller, &meta, &query.query).await?;
         // A setting is applied when the prepared statement is executed.
         let planned = match self.accepted_setting(&query.query) {

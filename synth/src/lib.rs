@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use arrow_array::RecordBatch;
 use carrow_coordinator::config::{CoordinatorConfig, NodeEndpoint, UserConfig};
+use carrow_governance::Role;
 use carrow_linkage::LinkageSecret;
 use chrono::NaiveDate;
 use rand::SeedableRng;
@@ -65,6 +66,8 @@ pub enum SynthError {
     NoPeople,
     #[error(transparent)]
     Secret(#[from] carrow_linkage::LinkageError),
+    #[error("cannot hash a generated password: {0}")]
+    Password(String),
 }
 
 /// Counts of what was generated, also written to `manifest.json`.
@@ -149,11 +152,17 @@ pub fn generate(opts: &GenerateOptions) -> Result<Summary, SynthError> {
         memory_limit_mb: 2_048,
         catalog_refresh_secs: 60,
         nodes: endpoints,
-        users: vec![UserConfig {
-            name: "planner".into(),
-            role: "planner".into(),
-            token_sha256: new_token(&secrets.join("planner.token"))?,
-        }],
+        users: DEMO_USERS
+            .iter()
+            .map(|(name, role)| {
+                Ok(UserConfig {
+                    name: name.to_string(),
+                    role: *role,
+                    password_hash: new_password(&secrets.join(format!("{name}.token")))?,
+                })
+            })
+            .collect::<Result<_, SynthError>>()?,
+        disclosure: Default::default(),
     };
     write_toml(&coordinator_dir.join("coordinator.toml"), &coordinator)?;
     write_ground_truth(&opts.out.join("ground-truth"), &pop, &organisations)?;
@@ -234,6 +243,27 @@ fn write_toml<T: Serialize>(path: &Path, value: &T) -> Result<(), SynthError> {
 
 /// Writes a new random token (mode 0600) and returns its SHA-256 in hex.
 /// A token file has the secret file's format: 32 random bytes in hex.
+/// The coordinator users `generate` creates, each with a random password in
+/// `secrets/<name>.token`.
+pub const DEMO_USERS: &[(&str, Role)] = &[
+    ("planner", Role::Planner),
+    ("researcher", Role::Researcher),
+    ("reviewer1", Role::Governance),
+    ("reviewer2", Role::Governance),
+];
+
+/// A new random password in `path`; returns its argon2id hash.
+fn new_password(path: &Path) -> Result<String, SynthError> {
+    let secret = LinkageSecret::generate()?;
+    secret.write_new(path)?;
+    let text = fs::read_to_string(path).map_err(|source| SynthError::Write {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    carrow_governance::roles::hash_password(text.trim())
+        .map_err(|e| SynthError::Password(e.to_string()))
+}
+
 fn new_token(path: &Path) -> Result<String, SynthError> {
     let secret = LinkageSecret::generate()?;
     secret.write_new(path)?;
@@ -349,7 +379,9 @@ mod tests {
                         let text = String::from_utf8(bytes).unwrap();
                         bytes = text
                             .lines()
-                            .filter(|l| !l.starts_with("token_sha256"))
+                            .filter(|l| {
+                                !l.starts_with("token_sha256") && !l.starts_with("password_hash")
+                            })
                             .collect::<Vec<_>>()
                             .join("\n")
                             .into_bytes();

@@ -137,21 +137,21 @@ async fn federated_answers_equal_central_answers_and_nodes_receive_pushed_down_s
         .await
         .unwrap();
 
-    let mut planner = client(
-        coordinator.addr,
-        "planner",
-        &root.join("secrets/planner.token"),
-    )
-    .await;
+    // Exact results at row level need a researcher's approved extracts;
+    // planners' results pass disclosure control (tested in `governance`).
     let mut questions: Vec<&str> = carrow_demo_questions();
     questions.extend(DIFFERENTIAL);
+    let mut approved: Vec<&str> = questions.clone();
+    approved.extend(EXTRA_APPROVED);
+    let mut researcher =
+        crate::support::approved_researcher(coordinator.addr, root, &approved, "extract").await;
     for sql in questions {
         // A query whose result is ordered (ORDER BY outside any bracket) must
         // keep that order; others are compared as sets of rows.
         let ordered = sql.rfind("ORDER BY") > sql.rfind(')');
         let as_rows = if ordered { ordered_rows } else { rows };
         let federated = as_rows(
-            &query(&mut planner, sql)
+            &query(&mut researcher, sql)
                 .await
                 .unwrap_or_else(|e| panic!("{sql}: {e}")),
         );
@@ -221,8 +221,8 @@ async fn federated_answers_equal_central_answers_and_nodes_receive_pushed_down_s
         .collect();
     let out = crate::adbc::adbc(
         &format!("grpc://{}", coordinator.addr),
-        "planner",
-        &root.join("secrets/planner.token"),
+        "researcher",
+        &root.join("secrets/researcher.token"),
         serde_json::Value::Array(adbc_queries),
     );
     for (i, sql) in carrow_demo_questions().iter().enumerate() {
@@ -238,9 +238,13 @@ async fn federated_answers_equal_central_answers_and_nodes_receive_pushed_down_s
         out["tables"]
     );
 
-    // `carrow sql` prints the same answer; the password comes from a file.
+    // `carrow sql` prints the same answer, as a planner sees it (rounded to
+    // the nearest 5); the password comes from a file.
     let sql = "SELECT count(*) AS n FROM gp.registrations WHERE sex = 'F'";
-    let expected = rows(&central.sql(sql).await.unwrap().collect().await.unwrap());
+    let exact: i64 = rows(&central.sql(sql).await.unwrap().collect().await.unwrap())[0][0]
+        .parse()
+        .unwrap();
+    let expected = [vec![((exact + 2) / 5 * 5).to_string()]];
     let url = format!("http://{}", coordinator.addr);
     let token = root.join("secrets/planner.token");
     let out = run(&[
@@ -271,7 +275,7 @@ async fn federated_answers_equal_central_answers_and_nodes_receive_pushed_down_s
     // Every result carries the coverage manifest: each node it read, its
     // status and data freshness.
     let (_, manifest) = query_with_manifest(
-        &mut planner,
+        &mut researcher,
         "SELECT count(*) FROM acute.admissions a JOIN council.clients c ON a.pid = c.pid",
     )
     .await;
@@ -287,7 +291,7 @@ async fn federated_answers_equal_central_answers_and_nodes_receive_pushed_down_s
     // A node that goes away: queries needing it fail naming it, the others
     // are still answered.
     drop(council);
-    let err = query(&mut planner, "SELECT count(*) FROM council.clients")
+    let err = query(&mut researcher, "SELECT count(*) FROM council.clients")
         .await
         .unwrap_err();
     assert!(
@@ -295,7 +299,7 @@ async fn federated_answers_equal_central_answers_and_nodes_receive_pushed_down_s
         "{err}"
     );
     let still = rows(
-        &query(&mut planner, "SELECT count(*) FROM gp.registrations")
+        &query(&mut researcher, "SELECT count(*) FROM gp.registrations")
             .await
             .unwrap(),
     );
@@ -314,16 +318,12 @@ async fn federated_answers_equal_central_answers_and_nodes_receive_pushed_down_s
 
     // With allow_partial, the reachable nodes' rows come back and the
     // manifest says which node was missing; the session keeps the setting.
-    let mut partial = client(
-        coordinator.addr,
-        "planner",
-        &root.join("secrets/planner.token"),
-    )
-    .await;
+    let mut partial =
+        crate::support::approved_researcher(coordinator.addr, root, &[], "extract").await;
     query(&mut partial, "SET carrow.allow_partial = true")
         .await
         .unwrap();
-    let (batches, manifest) = query_with_manifest(&mut partial, "SELECT count(*) FROM acute.admissions WHERE pid IN (SELECT pid FROM council.clients) OR birth_year < 1930").await;
+    let (batches, manifest) = query_with_manifest(&mut partial, EXTRA_APPROVED[0]).await;
     assert_eq!(manifest["council"]["status"], "unreachable", "{manifest}");
     assert!(
         manifest["council"]["error"]
@@ -348,7 +348,7 @@ async fn federated_answers_equal_central_answers_and_nodes_receive_pushed_down_s
         .unwrap_err();
     assert!(err.contains("read-only SELECT only"), "{err}");
     // Another session is unaffected: it still fails, naming the node.
-    let err = query(&mut planner, "SELECT count(*) FROM council.clients")
+    let err = query(&mut researcher, "SELECT count(*) FROM council.clients")
         .await
         .unwrap_err();
     assert!(err.contains("node council"), "{err}");
@@ -358,7 +358,9 @@ async fn federated_answers_equal_central_answers_and_nodes_receive_pushed_down_s
         .await
         .unwrap_err();
     assert!(
-        err.contains("unknown user") && err.contains("planner") && err.contains("or wrong token"),
+        err.contains("unknown user")
+            && err.contains("planner")
+            && err.contains("or wrong password"),
         "{err}"
     );
 }
@@ -386,6 +388,14 @@ async fn query_with_manifest(
         .clone();
     (batches, serde_json::from_str(&manifest).unwrap())
 }
+
+/// Further SQL the differential test's researcher runs.
+const EXTRA_APPROVED: &[&str] = &[
+    "SELECT count(*) FROM acute.admissions WHERE pid IN (SELECT pid FROM council.clients) OR birth_year < 1930",
+    "SELECT count(*) FROM acute.admissions a JOIN council.clients c ON a.pid = c.pid",
+    "SELECT count(*) FROM council.clients",
+    "SELECT count(*) FROM gp.registrations",
+];
 
 /// Queries run federated and centrally; both must give the same rows.
 const DIFFERENTIAL: &[&str] = &[
@@ -571,13 +581,12 @@ async fn a_node_killed_during_a_query_fails_it_by_name_and_the_coordinator_serve
     let coordinator = start_coordinator_at(root, &[("acute", acute.addr), ("gp", gp.addr)], |c| {
         c.nodes.retain(|n| n.name != "council");
     });
-    let mut planner = client(
-        coordinator.addr,
-        "planner",
-        &root.join("secrets/planner.token"),
-    )
-    .await;
-    let mut stream = open_stream(&mut planner, "SELECT pid, value, label FROM acute.big").await;
+    let big = "SELECT pid, value, label FROM acute.big";
+    let registered = "SELECT count(*) FROM gp.registrations";
+    let mut planner =
+        crate::support::approved_researcher(coordinator.addr, root, &[big, registered], "extract")
+            .await;
+    let mut stream = open_stream(&mut planner, big).await;
     let first = stream
         .next()
         .await
@@ -616,18 +625,20 @@ async fn a_node_killed_during_a_partial_query_is_left_out_whole_and_named() {
     let coordinator = start_coordinator_at(root, &[("acute", acute.addr), ("gp", gp.addr)], |c| {
         c.nodes.retain(|n| n.name != "council");
     });
-    let mut partial = client(
+    // gp's rows stay whatever happens to acute; acute streams millions of pids.
+    let sql = "SELECT r.sex, count(b.pid) AS matched FROM gp.registrations r \
+               LEFT JOIN acute.big b ON b.pid = r.pid GROUP BY r.sex";
+    let expected_sql = "SELECT sex, 0 FROM gp.registrations GROUP BY sex";
+    let mut partial = crate::support::approved_researcher(
         coordinator.addr,
-        "planner",
-        &root.join("secrets/planner.token"),
+        root,
+        &[sql, expected_sql],
+        "extract",
     )
     .await;
     query(&mut partial, "SET carrow.allow_partial = true")
         .await
         .unwrap();
-    // gp's rows stay whatever happens to acute; acute streams millions of pids.
-    let sql = "SELECT r.sex, count(b.pid) AS matched FROM gp.registrations r \
-               LEFT JOIN acute.big b ON b.pid = r.pid GROUP BY r.sex";
     let running = tokio::spawn(async move {
         let result = query_with_manifest(&mut partial, sql).await;
         (partial, result)
@@ -647,14 +658,7 @@ async fn a_node_killed_during_a_partial_query_is_left_out_whole_and_named() {
     );
     // None of acute's rows counted; every gp row is there.
     let got = rows(&batches);
-    let expected = rows(
-        &query(
-            &mut partial,
-            "SELECT sex, 0 FROM gp.registrations GROUP BY sex",
-        )
-        .await
-        .unwrap(),
-    );
+    let expected = rows(&query(&mut partial, expected_sql).await.unwrap());
     assert_eq!(got, expected);
     // The coordinator goes on serving, and without allow_partial the lost
     // node fails the query by name.
@@ -680,13 +684,10 @@ async fn a_client_that_goes_away_cancels_the_nodes_work() {
     let coordinator = start_coordinator_at(root, &[("acute", acute.addr)], |c| {
         c.nodes.retain(|n| n.name == "acute");
     });
-    let mut planner = client(
-        coordinator.addr,
-        "planner",
-        &root.join("secrets/planner.token"),
-    )
-    .await;
-    let mut stream = open_stream(&mut planner, "SELECT pid, value, label FROM acute.big").await;
+    let big = "SELECT pid, value, label FROM acute.big";
+    let mut planner =
+        crate::support::approved_researcher(coordinator.addr, root, &[big], "extract").await;
+    let mut stream = open_stream(&mut planner, big).await;
     stream
         .next()
         .await
@@ -733,8 +734,9 @@ fn carrow_demo_runs_end_to_end() {
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
 
-    // The single-node answer equals the ground truth: registered people who
-    // did not opt out, by deprivation decile.
+    // The single-node answer equals the ground truth (registered people who
+    // did not opt out, by deprivation decile) as a planner may see it:
+    // rounded to the nearest 5.
     let mut truth = std::collections::BTreeMap::<u32, u64>::new();
     let people = std::fs::read_to_string(keep.join("ground-truth/people.csv")).unwrap();
     for line in people.lines().skip(1) {
@@ -742,6 +744,10 @@ fn carrow_demo_runs_end_to_end() {
         if f[9] == "false" {
             *truth.entry(f[8].parse().unwrap()).or_default() += 1;
         }
+    }
+    for count in truth.values_mut() {
+        assert!(*count >= 10, "every decile is large enough to be released");
+        *count = (*count + 2) / 5 * 5;
     }
     let section = text
         .split("== Registered population by deprivation decile")
@@ -766,6 +772,8 @@ fn carrow_demo_runs_end_to_end() {
         "Long-term conditions of people in residential or nursing care",
         "chain intact",
         "coverage: acute ok (data to 2026-",
+        "disclosure control: carrow: rows of fewer than 10 persons suppressed, counts rounded to the nearest 5",
+        "coordinator   ",
         "council ok (data to 2026-",
         "demo finished",
     ] {

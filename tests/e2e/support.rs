@@ -206,3 +206,58 @@ pub async fn local_query(tables: &[(&str, std::path::PathBuf)], sql: &str) -> Ve
     }
     ctx.sql(sql).await.unwrap().collect().await.unwrap()
 }
+
+/// Runs the coordinator action `name` with a JSON `body`; returns its JSON answer.
+pub async fn action(
+    client: &mut FlightSqlServiceClient<Channel>,
+    name: &str,
+    body: serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    let results: Vec<_> = client
+        .do_action(arrow_flight::Action {
+            r#type: name.to_string(),
+            body: body.to_string().into_bytes().into(),
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .try_collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let first = results.first().ok_or("no result")?;
+    serde_json::from_slice(&first.body).map_err(|e| e.to_string())
+}
+
+/// Has the generated researcher submit each of `sqls` (as `output`) and
+/// both generated reviewers approve it; returns the researcher's client.
+pub async fn approved_researcher(
+    addr: SocketAddr,
+    root: &Path,
+    sqls: &[&str],
+    output: &str,
+) -> FlightSqlServiceClient<Channel> {
+    let secret = |user: &str| root.join(format!("secrets/{user}.token"));
+    let mut researcher = client(addr, "researcher", &secret("researcher")).await;
+    let mut reviewers = [
+        client(addr, "reviewer1", &secret("reviewer1")).await,
+        client(addr, "reviewer2", &secret("reviewer2")).await,
+    ];
+    for sql in sqls {
+        let request = action(
+            &mut researcher,
+            "carrow.request.submit",
+            serde_json::json!({"project": "demo", "purpose": "test", "output": output, "sql": sql}),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        for reviewer in &mut reviewers {
+            action(
+                reviewer,
+                "carrow.request.decide",
+                serde_json::json!({"id": request["id"], "decision": "approve"}),
+            )
+            .await
+            .unwrap();
+        }
+    }
+    researcher
+}
