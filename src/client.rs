@@ -86,3 +86,21 @@ pub fn disclosure_line(metadata: &std::collections::HashMap<String, String>) -> 
         report["counts_rounded"]
     ))
 }
+
+/// Runs a coordinator action (`carrow.request.*`) and returns its JSON answer.
+pub async fn action(
+    client: &mut FlightSqlServiceClient<Channel>,
+    name: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    let results: Vec<_> = client
+        .do_action(arrow_flight::Action {
+            r#type: name.to_string(),
+            body: body.to_string().into_bytes().into(),
+        })
+        .await?
+        .try_collect()
+        .await?;
+    let first = results.first().context("the coordinator sent no answer")?;
+    serde_json::from_slice(&first.body).context("the coordinator's answer is not JSON")
+}

@@ -1,10 +1,12 @@
 //! `carrow`: the command-line interface. Thin by design: it parses
 //! arguments, sets up logging, loads configuration and calls the crates.
 
+mod audit;
 mod bench;
 mod client;
 mod config;
 mod demo;
+mod requests;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -111,8 +113,18 @@ enum Command {
         /// The SQL statement.
         sql: String,
     },
-    /// Submit, review and approve research requests.
-    Request,
+    /// Submit, review and approve research requests (through the coordinator).
+    Request {
+        #[command(flatten)]
+        login: requests::Login,
+        #[command(subcommand)]
+        command: requests::RequestCommand,
+    },
+    /// Coordinator user administration.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
     /// Show, verify and reconcile audit logs.
     Audit {
         #[command(subcommand)]
@@ -134,10 +146,33 @@ enum AuditCommand {
         /// The audit log file (one JSON record a line).
         file: PathBuf,
     },
-    /// Print an audit log as a table (a later version).
-    Show,
-    /// Match the coordinator's log against nodes' logs (a later version).
-    Reconcile,
+    /// Print an audit log (coordinator's or a node's) as a table, filtered.
+    Show {
+        /// The audit log file.
+        file: PathBuf,
+        #[command(flatten)]
+        filters: audit::ShowFilters,
+    },
+    /// Match the coordinator's log against nodes' logs: every fragment on
+    /// both sides, every node head hash as the coordinator recorded it.
+    Reconcile {
+        /// The coordinator's audit log.
+        #[arg(long)]
+        coordinator: PathBuf,
+        /// A node's audit log as NAME=FILE (repeat for each node).
+        #[arg(long = "node", required = true)]
+        nodes: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Print the argon2id hash of a password (from --password-file,
+    /// CARROW_PASSWORD or a prompt) for a coordinator user's password_hash.
+    HashPassword {
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -259,7 +294,17 @@ fn run(command: Command) -> anyhow::Result<()> {
                 Ok(())
             })
         }
-        Command::Request => not_yet("`carrow request`"),
+        Command::Request { login, command } => {
+            let password = read_password(login.password_file.as_deref())?;
+            runtime()?.block_on(requests::run(login, password, command))
+        }
+        Command::Users {
+            command: UsersCommand::HashPassword { password_file },
+        } => {
+            let password = read_password(password_file.as_deref())?;
+            println!("{}", carrow_governance::roles::hash_password(&password)?);
+            Ok(())
+        }
         Command::Audit {
             command: AuditCommand::Verify { file },
         } => {
@@ -273,11 +318,11 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Audit {
-            command: AuditCommand::Show,
-        } => not_yet("`carrow audit show`"),
+            command: AuditCommand::Show { file, filters },
+        } => audit::show(file, filters),
         Command::Audit {
-            command: AuditCommand::Reconcile,
-        } => not_yet("`carrow audit reconcile`"),
+            command: AuditCommand::Reconcile { coordinator, nodes },
+        } => audit::reconcile_logs(coordinator, nodes),
         Command::Link => not_yet("`carrow link`"),
     }
 }

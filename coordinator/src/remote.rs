@@ -210,6 +210,8 @@ impl NodeClient {
             })?;
         client.set_header(PROJECT_HEADER, context.project.clone());
         client.set_header(QUERY_ID_HEADER, context.query_id.clone());
+        // The node's receipt anchors its audit log in the coordinator's.
+        client.set_header(RECEIPT_HEADER, "1");
         Ok(client)
     }
 

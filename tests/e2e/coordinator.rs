@@ -15,9 +15,9 @@ use crate::support::{
     NodeProcess, carrow, client, generate, open_stream, ordered_rows, query, rows, run, stderr,
 };
 
-struct CoordinatorProcess {
-    child: Child,
-    addr: SocketAddr,
+pub(crate) struct CoordinatorProcess {
+    pub(crate) child: Child,
+    pub(crate) addr: SocketAddr,
 }
 
 impl Drop for CoordinatorProcess {
@@ -28,7 +28,7 @@ impl Drop for CoordinatorProcess {
 }
 
 /// Starts a coordinator over running nodes, rewriting their addresses.
-fn start_coordinator(root: &Path, nodes: &[(&str, &NodeProcess)]) -> CoordinatorProcess {
+pub(crate) fn start_coordinator(root: &Path, nodes: &[(&str, &NodeProcess)]) -> CoordinatorProcess {
     let addrs: Vec<(&str, SocketAddr)> = nodes
         .iter()
         .map(|(name, node)| (*name, node.addr))
@@ -36,8 +36,14 @@ fn start_coordinator(root: &Path, nodes: &[(&str, &NodeProcess)]) -> Coordinator
     start_coordinator_at(root, &addrs, |_| {})
 }
 
+/// Starts a coordinator again from the config an earlier start wrote (same
+/// nodes, same state directory).
+pub(crate) fn start_coordinator_again(root: &Path) -> CoordinatorProcess {
+    start_coordinator_at(root, &[], |_| {})
+}
+
 /// Starts a coordinator with the given node addresses and config changes.
-fn start_coordinator_at(
+pub(crate) fn start_coordinator_at(
     root: &Path,
     nodes: &[(&str, SocketAddr)],
     change: impl FnOnce(&mut carrow_coordinator::CoordinatorConfig),
@@ -365,9 +371,38 @@ async fn federated_answers_equal_central_answers_and_nodes_receive_pushed_down_s
     );
 }
 
+/// Runs `sql` and returns its batches and its schema's metadata.
+pub(crate) async fn query_with_metadata(
+    client: &mut arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel>,
+    sql: &str,
+) -> Result<
+    (
+        Vec<datafusion::arrow::array::RecordBatch>,
+        std::collections::HashMap<String, String>,
+    ),
+    String,
+> {
+    use futures::StreamExt;
+    let info = client
+        .execute(sql.to_string(), None)
+        .await
+        .map_err(|e| e.to_string())?;
+    let ticket = info.endpoint[0].ticket.clone().expect("a ticket");
+    let mut stream = client.do_get(ticket).await.map_err(|e| e.to_string())?;
+    let mut batches = Vec::new();
+    while let Some(batch) = stream.next().await {
+        batches.push(batch.map_err(|e| e.to_string())?);
+    }
+    let metadata = stream
+        .schema()
+        .map(|s| s.metadata().clone())
+        .unwrap_or_default();
+    Ok((batches, metadata))
+}
+
 /// Runs `sql` and returns its batches and the coverage manifest from the
 /// result's schema metadata.
-async fn query_with_manifest(
+pub(crate) async fn query_with_manifest(
     client: &mut arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel>,
     sql: &str,
 ) -> (

@@ -4,6 +4,7 @@
 mod adbc;
 mod cli;
 mod coordinator;
+mod governance;
 mod node;
 mod postgres;
 mod streaming;

@@ -1,0 +1,678 @@
+//! Governance through a real coordinator over real nodes: planners' results
+//! under disclosure control, researchers' approved requests, the
+//! coordinator's audit log reconciled with the nodes', and a coordinator
+//! killed mid-work losing nothing it committed.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use crate::coordinator::{CoordinatorProcess, query_with_metadata, start_coordinator};
+use crate::support::{NodeProcess, action, client, generate, query, rows, run, stderr};
+
+struct Cluster {
+    _nodes: Vec<NodeProcess>,
+    coordinator: CoordinatorProcess,
+}
+
+fn start(root: &Path) -> Cluster {
+    let nodes: Vec<NodeProcess> = ["acute", "gp", "council"]
+        .iter()
+        .map(|org| NodeProcess::start(&root.join(format!("{org}/node.toml"))))
+        .collect();
+    let coordinator = start_coordinator(
+        root,
+        &[
+            ("acute", &nodes[0]),
+            ("gp", &nodes[1]),
+            ("council", &nodes[2]),
+        ],
+    );
+    Cluster {
+        _nodes: nodes,
+        coordinator,
+    }
+}
+
+async fn login(
+    addr: std::net::SocketAddr,
+    root: &Path,
+    user: &str,
+) -> arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel> {
+    client(addr, user, &root.join(format!("secrets/{user}.token"))).await
+}
+
+fn disclosure(metadata: &std::collections::HashMap<String, String>) -> Value {
+    serde_json::from_str(
+        metadata
+            .get("carrow.disclosure")
+            .expect("a disclosure report"),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn planners_see_only_aggregates_with_small_groups_suppressed_and_totals_protected() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    generate(root, 5_000, 71);
+    let cluster = start(root);
+    let addr = cluster.coordinator.addr;
+    let mut planner = login(addr, root, "planner").await;
+
+    // Row-level results, pid and values derived from counts are refused, saying why.
+    for (sql, why) in [
+        (
+            "SELECT birth_year, sex FROM gp.registrations",
+            "rows of table",
+        ),
+        (
+            "SELECT pid FROM council.clients",
+            "column pid is a person's pseudonym",
+        ),
+        (
+            "SELECT pid, count(*) FROM acute.admissions GROUP BY pid",
+            "pid",
+        ),
+        (
+            "SELECT sex, count(*) * 2 FROM gp.registrations GROUP BY sex",
+            "computes a value from a count",
+        ),
+        (
+            "SELECT area_code, count(*) FROM council.clients GROUP BY area_code UNION ALL SELECT 'all', count(*) FROM council.clients",
+            "a union",
+        ),
+    ] {
+        let err = query(&mut planner, sql).await.unwrap_err();
+        assert!(
+            err.contains("refused by rule `aggregates only`") && err.contains(why),
+            "{sql}: {err}"
+        );
+    }
+    // Reference data about areas, not persons, is not subject to thresholds.
+    let areas = rows(
+        &query(
+            &mut planner,
+            "SELECT area_name, population FROM council.areas",
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(areas.len(), 10);
+
+    // Groups of fewer than 10 persons are suppressed; the others are rounded.
+    let sql = "SELECT area_code, count(*) AS clients FROM council.clients GROUP BY area_code";
+    let exact_sql =
+        "SELECT area_code, count(*), count(DISTINCT pid) FROM council.clients GROUP BY area_code";
+    let mut researcher =
+        crate::support::approved_researcher(addr, root, &[exact_sql], "extract").await;
+    let exact: BTreeMap<String, (i64, i64)> =
+        rows(&query(&mut researcher, exact_sql).await.unwrap())
+            .into_iter()
+            .map(|r| (r[0].clone(), (r[1].parse().unwrap(), r[2].parse().unwrap())))
+            .collect();
+    let (batches, metadata) = query_with_metadata(&mut planner, sql).await.unwrap();
+    let released: BTreeMap<String, String> = rows(&batches)
+        .into_iter()
+        .map(|r| (r[0].clone(), r[1].clone()))
+        .collect();
+    let (mut suppressed, mut shown) = (0, 0);
+    for (area, (count, persons)) in &exact {
+        let got = &released[area];
+        if *persons < 10 {
+            assert_eq!(got, "", "{area}: {persons} persons must be suppressed");
+            suppressed += 1;
+        } else {
+            assert_eq!(
+                got,
+                &((count + 2) / 5 * 5).to_string(),
+                "{area}: rounded to 5"
+            );
+            shown += 1;
+        }
+    }
+    assert!(
+        suppressed > 0 && shown > 0,
+        "the data has small and large areas"
+    );
+    let report = disclosure(&metadata);
+    assert_eq!(report["rows_suppressed"], suppressed, "{report}");
+    assert_eq!(report["cells_suppressed"], suppressed, "{report}");
+    assert!(
+        report["rule"]
+            .as_str()
+            .unwrap()
+            .contains("fewer than 10 persons"),
+        "{report}"
+    );
+
+    // ROLLUP totals: every total over a suppressed cell is suppressed too,
+    // so no suppressed cell can be had by subtracting released cells from a
+    // released total.
+    let rollup = "SELECT area_code, service_type, count(*) AS packages FROM council.care_packages GROUP BY ROLLUP (area_code, service_type)";
+    let (batches, metadata) = query_with_metadata(&mut planner, rollup).await.unwrap();
+    let cells: Vec<(String, String, String)> = rows(&batches)
+        .into_iter()
+        .map(|r| (r[0].clone(), r[1].clone(), r[2].clone()))
+        .collect();
+    let hidden = |a: &str, s: &str| cells.iter().any(|c| c.0 == a && c.1 == s && c.2.is_empty());
+    let mut details_hidden = 0;
+    for (area, service, count) in &cells {
+        if !area.is_empty() && !service.is_empty() && count.is_empty() {
+            details_hidden += 1;
+            assert!(
+                hidden(area, ""),
+                "area total of {area} must be hidden with its {service} cell"
+            );
+            assert!(
+                hidden("", ""),
+                "the grand total must be hidden with {area}/{service}"
+            );
+        }
+        if !count.is_empty() {
+            assert_eq!(
+                count.parse::<i64>().unwrap() % 5,
+                0,
+                "released counts are rounded"
+            );
+        }
+    }
+    assert!(details_hidden > 0);
+    // A released area total has all its cells released: nothing to subtract.
+    for (area, service, count) in &cells {
+        if !area.is_empty() && service.is_empty() && !count.is_empty() {
+            assert!(
+                !cells
+                    .iter()
+                    .any(|c| &c.0 == area && !c.1.is_empty() && c.2.is_empty()),
+                "area {area} total is released while one of its cells is hidden"
+            );
+        }
+    }
+    let report = disclosure(&metadata);
+    assert!(
+        report["totals_suppressed"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+
+    // Governance users run no data queries.
+    let mut reviewer = login(addr, root, "reviewer1").await;
+    let err = query(&mut reviewer, "SELECT count(*) FROM gp.registrations")
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("governance users review requests") && err.contains("run no data queries"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn researchers_run_only_what_two_other_governance_users_approved() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    generate(root, 1_500, 72);
+    let cluster = start(root);
+    let addr = cluster.coordinator.addr;
+    let mut researcher = login(addr, root, "researcher").await;
+    let mut reviewer1 = login(addr, root, "reviewer1").await;
+    let mut reviewer2 = login(addr, root, "reviewer2").await;
+    let mut planner = login(addr, root, "planner").await;
+
+    let sql = "SELECT service_type, count(*) AS packages FROM council.care_packages GROUP BY service_type";
+    let err = query(&mut researcher, sql).await.unwrap_err();
+    assert!(
+        err.contains("approved requests only") && err.contains("no request of researcher"),
+        "{err}"
+    );
+
+    let submit = |output: &str, sql: &str, extra: Value| {
+        let mut body = json!({"project": "demo", "purpose": "care home admissions study", "output": output, "sql": sql});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let request = action(
+        &mut researcher,
+        "carrow.request.submit",
+        submit("aggregate", sql, json!({})),
+    )
+    .await
+    .unwrap();
+    let id = request["id"].clone();
+    assert_eq!(request["status"], "submitted");
+    let decide = |id: &Value, decision: &str| json!({"id": id, "decision": decision});
+
+    // The requester cannot approve; one approval is not enough; nor is the
+    // same reviewer twice.
+    let err = action(
+        &mut researcher,
+        "carrow.request.decide",
+        decide(&id, "approve"),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains("only governance users decide"), "{err}");
+    let err = action(
+        &mut planner,
+        "carrow.request.submit",
+        submit("aggregate", sql, json!({})),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains("only researchers submit"), "{err}");
+    action(
+        &mut reviewer1,
+        "carrow.request.decide",
+        decide(&id, "approve"),
+    )
+    .await
+    .unwrap();
+    let err = query(&mut researcher, sql).await.unwrap_err();
+    assert!(err.contains("awaits approval (1 of 2 approvals)"), "{err}");
+    let err = action(
+        &mut reviewer1,
+        "carrow.request.decide",
+        decide(&id, "approve"),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains("already approved"), "{err}");
+    let approved = action(
+        &mut reviewer2,
+        "carrow.request.decide",
+        decide(&id, "approve"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(approved["status"], "approved");
+
+    // The approved query runs, however it is laid out, under disclosure
+    // control (an aggregate approval); an edited one does not.
+    let relaid = "select SERVICE_TYPE, count(*) as packages -- by type\n from council.care_packages\n group by service_type";
+    let (batches, metadata) = query_with_metadata(&mut researcher, relaid).await.unwrap();
+    assert!(!batches.is_empty());
+    assert!(
+        metadata.contains_key("carrow.disclosure"),
+        "aggregate approvals get disclosure control"
+    );
+    let edited = "SELECT service_type, count(*) AS packages FROM council.care_packages WHERE weekly_cost > 500 GROUP BY service_type";
+    let err = query(&mut researcher, edited).await.unwrap_err();
+    assert!(
+        err.contains("no request of researcher was approved for this SQL"),
+        "{err}"
+    );
+    // The request's project decides the pseudonyms: asking for another is refused.
+    researcher.set_header("x-carrow-project", "other");
+    let err = query(&mut researcher, sql).await.unwrap_err();
+    assert!(
+        err.contains("approved for project demo, not other"),
+        "{err}"
+    );
+    researcher = login(addr, root, "researcher").await;
+
+    // An extract approval releases pseudonymous rows, within its run limit.
+    let extract =
+        "SELECT pid, service_type, weekly_cost FROM council.care_packages WHERE weekly_cost > 100";
+    let limited = action(
+        &mut researcher,
+        "carrow.request.submit",
+        submit("extract", extract, json!({"max_runs": 1})),
+    )
+    .await
+    .unwrap();
+    for reviewer in [&mut reviewer1, &mut reviewer2] {
+        action(
+            reviewer,
+            "carrow.request.decide",
+            decide(&limited["id"], "approve"),
+        )
+        .await
+        .unwrap();
+    }
+    let (batches, metadata) = query_with_metadata(&mut researcher, extract).await.unwrap();
+    assert!(batches.iter().map(|b| b.num_rows()).sum::<usize>() > 0);
+    assert!(!metadata.contains_key("carrow.disclosure"));
+    let err = query(&mut researcher, extract).await.unwrap_err();
+    assert!(err.contains("has used all its 1 runs"), "{err}");
+
+    // Expiry and revocation hold.
+    let yesterday = (chrono::Utc::now().date_naive() - chrono::Days::new(1)).to_string();
+    let expired_sql = "SELECT count(*) FROM council.clients";
+    let expired = action(
+        &mut researcher,
+        "carrow.request.submit",
+        submit("aggregate", expired_sql, json!({"expires_on": yesterday})),
+    )
+    .await
+    .unwrap();
+    for reviewer in [&mut reviewer1, &mut reviewer2] {
+        action(
+            reviewer,
+            "carrow.request.decide",
+            decide(&expired["id"], "approve"),
+        )
+        .await
+        .unwrap();
+    }
+    let err = query(&mut researcher, expired_sql).await.unwrap_err();
+    assert!(err.contains(&format!("expired on {yesterday}")), "{err}");
+    action(
+        &mut reviewer1,
+        "carrow.request.decide",
+        json!({"id": id, "decision": "revoke", "comment": "consent withdrawn"}),
+    )
+    .await
+    .unwrap();
+    let err = query(&mut researcher, sql).await.unwrap_err();
+    assert!(err.contains("is revoked"), "{err}");
+
+    // The CLI shows the same state; the password comes from a file.
+    let url = format!("http://{addr}");
+    let secret = root.join("secrets/reviewer2.token");
+    let out = run(&[
+        "request",
+        "list",
+        "--url",
+        &url,
+        "--user",
+        "reviewer2",
+        "--password-file",
+        secret.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.contains("revoked") && listed.contains("3 requests"),
+        "{listed}"
+    );
+    let sql_file = root.join("query.sql");
+    std::fs::write(
+        &sql_file,
+        "SELECT sex, count(*) FROM gp.registrations GROUP BY sex",
+    )
+    .unwrap();
+    let secret = root.join("secrets/researcher.token");
+    let out = run(&[
+        "request",
+        "submit",
+        "--url",
+        &url,
+        "--user",
+        "researcher",
+        "--password-file",
+        secret.to_str().unwrap(),
+        "--project",
+        "demo",
+        "--purpose",
+        "registered population",
+        "--output",
+        "aggregate",
+        sql_file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("request 4: submitted"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn coordinator_and_node_logs_reconcile_and_a_removed_record_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    generate(root, 1_500, 73);
+    let cluster = start(root);
+    let addr = cluster.coordinator.addr;
+    let mut planner = login(addr, root, "planner").await;
+    let extract = "SELECT a.pid, a.admission_method FROM acute.admissions a JOIN council.clients c ON a.pid = c.pid";
+    let mut researcher =
+        crate::support::approved_researcher(addr, root, &[extract], "extract").await;
+    for sql in [
+        "SELECT deprivation_decile, count(*) FROM gp.registrations GROUP BY 1",
+        "SELECT c.area_code, count(DISTINCT a.pid) FROM acute.admissions a JOIN council.clients c ON a.pid = c.pid GROUP BY 1",
+        "SELECT setting, count(*) FROM combined.contacts GROUP BY setting",
+    ] {
+        query(&mut planner, sql).await.unwrap();
+    }
+    query(&mut planner, "SELECT pid FROM gp.registrations")
+        .await
+        .unwrap_err();
+    query(&mut researcher, extract).await.unwrap();
+
+    let coordinator_log = root.join("coordinator/state/audit.jsonl");
+    let node_args = |acute: &Path| {
+        vec![
+            format!("acute={}", acute.display()),
+            format!("gp={}", root.join("gp/audit.jsonl").display()),
+            format!("council={}", root.join("council/audit.jsonl").display()),
+        ]
+    };
+    let reconcile = |coordinator: &Path, acute: &Path| {
+        let mut args = vec![
+            "audit".to_string(),
+            "reconcile".into(),
+            "--coordinator".into(),
+            coordinator.display().to_string(),
+        ];
+        for n in node_args(acute) {
+            args.push("--node".into());
+            args.push(n);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(&args)
+    };
+    let out = reconcile(&coordinator_log, &root.join("acute/audit.jsonl"));
+    let printed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{printed}{}", stderr(&out));
+    let matched: usize = printed
+        .split(" fragments matched")
+        .next()
+        .unwrap()
+        .rsplit('\n')
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(matched >= 7, "{printed}");
+    assert!(printed.contains("; 0 problems"), "{printed}");
+
+    // `audit show` filters: the refused attempt is in the coordinator's log.
+    let out = run(&[
+        "audit",
+        "show",
+        coordinator_log.to_str().unwrap(),
+        "--outcome",
+        "refused",
+        "--user",
+        "planner",
+    ]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && shown.contains("SELECT pid FROM gp.registrations")
+            && shown.contains("1 of "),
+        "{shown}"
+    );
+
+    // Removing one node record is detected and named.
+    let acute_log = std::fs::read_to_string(root.join("acute/audit.jsonl")).unwrap();
+    let lines: Vec<&str> = acute_log.lines().collect();
+    let (index, removed) = lines
+        .iter()
+        .enumerate()
+        .find(|(_, l)| l.contains("\"upstream_query_id\":\"q-"))
+        .unwrap();
+    let removed_id = serde_json::from_str::<Value>(removed).unwrap()["body"]["query_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let tampered = root.join("acute-tampered.jsonl");
+    let kept: Vec<&str> = lines
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != index)
+        .map(|(_, l)| *l)
+        .collect();
+    std::fs::write(&tampered, kept.join("\n") + "\n").unwrap();
+    let out = reconcile(&coordinator_log, &tampered);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{printed}");
+    assert!(
+        printed.contains(&format!(
+            "sent node acute fragment {removed_id}, which node acute's log does not have"
+        )),
+        "{printed}"
+    );
+    assert!(
+        printed.contains(&format!(
+            "acute: audit log {} is broken at line {}",
+            tampered.display(),
+            index + 1
+        )),
+        "{printed}"
+    );
+
+    // Removing one coordinator record is detected and named.
+    let coordinator_text = std::fs::read_to_string(&coordinator_log).unwrap();
+    let lines: Vec<&str> = coordinator_text.lines().collect();
+    let (index, removed) = lines
+        .iter()
+        .enumerate()
+        .find(|(_, l)| l.contains("\"node_query_id\":\"n-"))
+        .unwrap();
+    let removed_query = serde_json::from_str::<Value>(removed).unwrap()["body"]["query_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let tampered = root.join("coordinator-tampered.jsonl");
+    let kept: Vec<&str> = lines
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != index)
+        .map(|(_, l)| *l)
+        .collect();
+    std::fs::write(&tampered, kept.join("\n") + "\n").unwrap();
+    let out = reconcile(&tampered, &root.join("acute/audit.jsonl"));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{printed}");
+    assert!(
+        printed.contains(&format!(
+            "for coordinator query {removed_query}, which the coordinator's log does not have"
+        )),
+        "{printed}"
+    );
+    assert!(
+        printed.contains(&format!(
+            "coordinator: audit log {} is broken at line {}",
+            tampered.display(),
+            index + 1
+        )),
+        "{printed}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_coordinator_killed_mid_work_loses_no_committed_approval_and_its_log_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    generate(root, 500, 74);
+    let mut cluster = start(root);
+    let addr = cluster.coordinator.addr;
+    let mut researcher = login(addr, root, "researcher").await;
+    let mut reviewers = [
+        login(addr, root, "reviewer1").await,
+        login(addr, root, "reviewer2").await,
+    ];
+    let mut planner = login(addr, root, "planner").await;
+
+    // Requests, approvals and queries as fast as they go, until the kill.
+    let killer = std::thread::spawn({
+        let pid = cluster.coordinator.child.id();
+        move || {
+            std::thread::sleep(std::time::Duration::from_millis(1_500));
+            // SIGKILL: no chance to flush or clean up.
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+        }
+    });
+    let mut committed: Vec<i64> = Vec::new();
+    for i in 0.. {
+        let sql = format!(
+            "SELECT count(*) FROM gp.registrations WHERE birth_year > {}",
+            1900 + i
+        );
+        let Ok(request) = action(
+            &mut researcher,
+            "carrow.request.submit",
+            json!({"project": "demo", "purpose": "p", "output": "aggregate", "sql": sql}),
+        )
+        .await
+        else {
+            break;
+        };
+        let mut approved = true;
+        for reviewer in &mut reviewers {
+            match action(
+                reviewer,
+                "carrow.request.decide",
+                json!({"id": request["id"], "decision": "approve"}),
+            )
+            .await
+            {
+                Ok(answer) => approved = answer["status"] == "approved",
+                Err(_) => {
+                    approved = false;
+                    break;
+                }
+            }
+        }
+        if !approved {
+            break;
+        }
+        committed.push(request["id"].as_i64().unwrap());
+        if query(
+            &mut planner,
+            "SELECT sex, count(*) FROM gp.registrations GROUP BY sex",
+        )
+        .await
+        .is_err()
+        {
+            break;
+        }
+    }
+    killer.join().unwrap();
+    let _ = cluster.coordinator.child.wait();
+    assert!(
+        committed.len() >= 3,
+        "work was under way when the coordinator died: {committed:?}"
+    );
+
+    // The audit chain verifies; every acknowledged approval survived.
+    let log = root.join("coordinator/state/audit.jsonl");
+    let out = run(&["audit", "verify", log.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let restarted = crate::coordinator::start_coordinator_again(root);
+    let mut reviewer = login(restarted.addr, root, "reviewer1").await;
+    for id in &committed {
+        let request = action(&mut reviewer, "carrow.request.show", json!({"id": id}))
+            .await
+            .unwrap();
+        assert_eq!(request["status"], "approved", "{request}");
+        assert_eq!(
+            request["decisions"].as_array().unwrap().len(),
+            2,
+            "{request}"
+        );
+    }
+    // And the restarted coordinator appends to the same, intact chain.
+    let mut planner = login(restarted.addr, root, "planner").await;
+    query(
+        &mut planner,
+        "SELECT sex, count(*) FROM gp.registrations GROUP BY sex",
+    )
+    .await
+    .unwrap();
+    let out = run(&["audit", "verify", log.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
