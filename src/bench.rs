@@ -122,13 +122,15 @@ async fn run_size(
 
     let cluster = Cluster::start(dir).await?;
     let central = central_session(&cluster).await?;
-    let token = std::fs::read_to_string(dir.join("secrets/planner.token"))?;
-    let mut planner = client::connect(
-        &format!("http://{}", cluster.coordinator.addr),
-        "planner",
-        token.trim(),
-    )
-    .await?;
+    // Exact answers to compare with the central run: the researcher runs
+    // each query under an approved extract request (no disclosure control).
+    let sqls: Vec<&str> = QUESTIONS
+        .iter()
+        .chain(SINGLE_NODE)
+        .map(|(_, sql)| *sql)
+        .collect();
+    let url = format!("http://{}", cluster.coordinator.addr);
+    let mut planner = crate::demo::approved_researcher(dir, &url, &sqls, "extract").await?;
 
     let mut figures = Vec::new();
     for (title, sql) in QUESTIONS.iter().chain(SINGLE_NODE) {

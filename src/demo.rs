@@ -55,6 +55,16 @@ pub const QUESTIONS: &[(&str, &str)] = &[
     ),
 ];
 
+/// The demo's research question, run under an approved aggregate request.
+pub const RESEARCH_QUESTION: &str = "SELECT g.condition, k.service_type, count(DISTINCT g.pid) AS people \
+     FROM gp.conditions g JOIN council.care_packages k ON g.pid = k.pid \
+     GROUP BY ROLLUP (g.condition, k.service_type) ORDER BY g.condition, k.service_type";
+
+fn first_line(text: &str) -> &str {
+    let text = text.rsplit("message: ").next().unwrap_or(text);
+    text.lines().next().unwrap_or(text).trim_matches('"')
+}
+
 /// The demo itself.
 pub async fn run(people: usize, seed: u64, keep: Option<PathBuf>) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -129,6 +139,26 @@ async fn run_in(dir: &Path, people: usize, seed: u64) -> anyhow::Result<()> {
         println!("   ({:.0} ms)", asked.elapsed().as_secs_f64() * 1000.0);
     }
 
+    println!("\n== research: a researcher's query runs only once two reviewers approve it");
+    let url = format!("http://{}", cluster.coordinator.addr);
+    let study = RESEARCH_QUESTION;
+    let researcher_password = std::fs::read_to_string(dir.join("secrets/researcher.token"))?;
+    let mut researcher = client::connect(&url, "researcher", researcher_password.trim()).await?;
+    match client::run_query(&mut researcher, study).await {
+        Err(e) => println!(
+            "   before approval: refused ({})",
+            first_line(&e.to_string())
+        ),
+        Ok(_) => anyhow::bail!("an unapproved research query ran"),
+    }
+    let mut researcher = approved_researcher(dir, &url, &[study], "aggregate").await?;
+    println!("   request submitted by researcher, approved by reviewer1 and reviewer2");
+    let result = client::run_query(&mut researcher, study).await?;
+    println!("{}", pretty_format_batches(&result.batches)?);
+    if let Some(control) = client::disclosure_line(&result.metadata) {
+        println!("   disclosure control: {control}");
+    }
+
     println!("\n== audit: the coordinator logged every query, each node every fragment it served");
     let report = carrow_governance::verify_file(cluster.coordinator.state.audit().path())?;
     println!(
@@ -147,6 +177,41 @@ async fn run_in(dir: &Path, people: usize, seed: u64) -> anyhow::Result<()> {
     }
 
     cluster.stop().await
+}
+
+/// Logs in as the generated researcher after submitting each of `sqls` as a
+/// request (`output`: aggregate or extract) that both generated reviewers
+/// approve; returns the researcher's connection.
+pub async fn approved_researcher(
+    dir: &Path,
+    url: &str,
+    sqls: &[&str],
+    output: &str,
+) -> anyhow::Result<arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel>> {
+    let password = |user: &str| -> anyhow::Result<String> {
+        let path = dir.join(format!("secrets/{user}.token"));
+        Ok(std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .trim()
+            .to_string())
+    };
+    let mut researcher = client::connect(url, "researcher", &password("researcher")?).await?;
+    let mut reviewers = Vec::new();
+    for reviewer in ["reviewer1", "reviewer2"] {
+        reviewers.push(client::connect(url, reviewer, &password(reviewer)?).await?);
+    }
+    for sql in sqls {
+        let body = serde_json::json!({
+            "project": carrow_synth::configs::DEMO_PROJECT, "purpose": "carrow demo and bench",
+            "output": output, "sql": sql,
+        });
+        let request = client::action(&mut researcher, "carrow.request.submit", &body).await?;
+        for reviewer in &mut reviewers {
+            let decision = serde_json::json!({"id": request["id"], "decision": "approve"});
+            client::action(reviewer, "carrow.request.decide", &decision).await?;
+        }
+    }
+    Ok(researcher)
 }
 
 /// The generated organisations' nodes and a coordinator over them, on

@@ -30,7 +30,8 @@ use datafusion::logical_expr::{
     Aggregate, Expr, Extension, LogicalPlan, Projection, SubqueryAlias, UserDefinedLogicalNode,
     UserDefinedLogicalNodeCore, col,
 };
-use datafusion::physical_expr::{EquivalenceProperties, Partitioning};
+use datafusion::physical_expr::expressions::Column as PhysicalColumn;
+use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalSortExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
@@ -568,8 +569,32 @@ impl DisclosureExec {
         rules: Rules,
         sink: ReportSink,
     ) -> Self {
+        // The visible columns lead the input's, at the same positions: an
+        // order of the input over them (ORDER BY) is the output's order too.
+        let visible = schema.fields().len();
+        let ordering: Vec<PhysicalSortExpr> = input
+            .properties()
+            .output_ordering()
+            .into_iter()
+            .flat_map(|o| o.iter())
+            .map_while(|e| {
+                let any: &dyn Any = e.expr.as_ref();
+                let column = any.downcast_ref::<PhysicalColumn>()?;
+                (column.index() < visible).then(|| {
+                    PhysicalSortExpr::new(
+                        Arc::new(PhysicalColumn::new(column.name(), column.index())),
+                        e.options,
+                    )
+                })
+            })
+            .collect();
+        let equivalence = if ordering.is_empty() {
+            EquivalenceProperties::new(schema.clone())
+        } else {
+            EquivalenceProperties::new_with_orderings(schema.clone(), [ordering])
+        };
         let properties = Arc::new(PlanProperties::new(
-            EquivalenceProperties::new(schema.clone()),
+            equivalence,
             Partitioning::UnknownPartitioning(1),
             EmissionType::Final,
             Boundedness::Bounded,
@@ -604,6 +629,11 @@ impl ExecutionPlan for DisclosureExec {
 
     fn required_input_distribution(&self) -> Vec<Distribution> {
         vec![Distribution::SinglePartition]
+    }
+
+    /// Rows leave in the order they came (an ORDER BY below holds).
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {

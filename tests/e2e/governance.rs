@@ -196,6 +196,18 @@ async fn planners_see_only_aggregates_with_small_groups_suppressed_and_totals_pr
         "{report}"
     );
 
+    // A controlled result keeps its ORDER BY.
+    let ordered = crate::support::ordered_rows(
+        &query(
+            &mut planner,
+            "SELECT deprivation_decile, count(*) FROM gp.registrations GROUP BY 1 ORDER BY 1 DESC",
+        )
+        .await
+        .unwrap(),
+    );
+    let deciles: Vec<i64> = ordered.iter().map(|r| r[0].parse().unwrap()).collect();
+    assert_eq!(deciles, (1..=10).rev().collect::<Vec<_>>());
+
     // Governance users run no data queries.
     let mut reviewer = login(addr, root, "reviewer1").await;
     let err = query(&mut reviewer, "SELECT count(*) FROM gp.registrations")
