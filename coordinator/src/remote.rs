@@ -151,6 +151,9 @@ pub struct NodeClient {
     token: String,
     connect_timeout: Duration,
     query_timeout: Duration,
+    /// An open connection and the node's session token, shared by queries
+    /// (HTTP/2 multiplexes them); dropped when a call on it fails.
+    session: std::sync::Mutex<Option<(Channel, String)>>,
 }
 
 impl fmt::Debug for NodeClient {
@@ -177,14 +180,38 @@ impl NodeClient {
             token,
             connect_timeout,
             query_timeout,
+            session: std::sync::Mutex::new(None),
         }
     }
 
-    /// Connects and logs in, with the project and query id as headers.
+    /// A client for one query (project, query id and receipt headers),
+    /// over the shared connection, logging in first if there is none.
     pub async fn connect(
         &self,
         context: &FragmentContext,
     ) -> Result<FlightSqlServiceClient<Channel>, QueryError> {
+        let cached = self
+            .session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut client = match cached {
+            Some((channel, token)) => {
+                let mut client = FlightSqlServiceClient::new(channel);
+                client.set_token(token);
+                client
+            }
+            None => self.login().await?,
+        };
+        client.set_header(PROJECT_HEADER, context.project.clone());
+        client.set_header(QUERY_ID_HEADER, context.query_id.clone());
+        // The node's receipt anchors its audit log in the coordinator's.
+        client.set_header(RECEIPT_HEADER, "1");
+        Ok(client)
+    }
+
+    /// Opens a connection, logs in and keeps both for later queries.
+    async fn login(&self) -> Result<FlightSqlServiceClient<Channel>, QueryError> {
         let unreachable = |e: String| {
             QueryError::Unavailable(format!(
                 "node {} at {} is unreachable: {e}",
@@ -198,7 +225,7 @@ impl NodeClient {
             .connect()
             .await
             .map_err(|e| unreachable(e.to_string()))?;
-        let mut client = FlightSqlServiceClient::new(channel);
+        let mut client = FlightSqlServiceClient::new(channel.clone());
         client
             .handshake(&self.user, &self.token)
             .await
@@ -208,11 +235,16 @@ impl NodeClient {
                     self.name
                 ))
             })?;
-        client.set_header(PROJECT_HEADER, context.project.clone());
-        client.set_header(QUERY_ID_HEADER, context.query_id.clone());
-        // The node's receipt anchors its audit log in the coordinator's.
-        client.set_header(RECEIPT_HEADER, "1");
+        if let Some(token) = client.token() {
+            *self.session.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((channel, token.clone()));
+        }
         Ok(client)
+    }
+
+    /// Drops the shared connection (the node restarted, or went away).
+    fn forget(&self) {
+        *self.session.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// The node's published tables with their schemas.
@@ -227,13 +259,22 @@ impl NodeClient {
         let failed = |e: String| {
             QueryError::Unavailable(format!("node {} did not list its tables: {e}", self.name))
         };
-        let info = client
-            .get_tables(CommandGetTables {
-                include_schema: true,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| failed(e.to_string()))?;
+        let command = CommandGetTables {
+            include_schema: true,
+            ..Default::default()
+        };
+        let info = match client.get_tables(command.clone()).await {
+            Ok(info) => info,
+            // A stale shared connection: log in afresh and ask once more.
+            Err(_) => {
+                self.forget();
+                client = self.connect(&context).await?;
+                client
+                    .get_tables(command)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?
+            }
+        };
         let mut out = Vec::new();
         for endpoint in info.endpoint {
             let ticket = endpoint.ticket.ok_or_else(|| failed("no ticket".into()))?;
@@ -289,10 +330,27 @@ impl NodeClient {
         };
         let info = match client.execute(sql.clone(), None).await {
             Ok(info) => info,
-            Err(e) => {
-                let e = failed(e.to_string());
-                context.coverage.record(refused(e.to_string()));
-                return Err(e);
+            // The shared connection may be stale (the node restarted or
+            // went away): log in afresh and try once more.
+            Err(_) => {
+                self.forget();
+                let retried = match self.connect(&context).await {
+                    Ok(fresh) => {
+                        client = fresh;
+                        client
+                            .execute(sql.clone(), None)
+                            .await
+                            .map_err(|e| failed(e.to_string()))
+                    }
+                    Err(e) => Err(e),
+                };
+                match retried {
+                    Ok(info) => info,
+                    Err(e) => {
+                        context.coverage.record(refused(e.to_string()));
+                        return Err(e);
+                    }
+                }
             }
         };
         let ticket = info
