@@ -189,12 +189,26 @@ impl RequestStore {
         })
     }
 
+    /// Runs `f` in one transaction, synced to disk before it returns.
     fn with<T>(
         &self,
         f: impl FnOnce(&mut rusqlite::Transaction<'_>) -> Result<T, GovernanceError>,
     ) -> Result<T, GovernanceError> {
+        self.transaction(Sync::Full, f)
+    }
+
+    fn transaction<T>(
+        &self,
+        sync: Sync,
+        f: impl FnOnce(&mut rusqlite::Transaction<'_>) -> Result<T, GovernanceError>,
+    ) -> Result<T, GovernanceError> {
         let err = db_error(&self.path);
         let mut db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        let level = match sync {
+            Sync::Full => "FULL",
+            Sync::Normal => "NORMAL",
+        };
+        db.pragma_update(None, "synchronous", level).map_err(&err)?;
         let mut tx = db
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(&err)?;
@@ -369,7 +383,7 @@ impl RequestStore {
     ) -> Result<Run, GovernanceError> {
         let canonical = canonical_sql(sql)?;
         let err = db_error(&self.path);
-        self.with(|tx| {
+        self.transaction(Sync::Normal, |tx| {
             let ids: Vec<i64> = {
                 let mut statement = tx
                     .prepare("SELECT id FROM requests WHERE requester = ?1 AND canonical_sql = ?2 ORDER BY id DESC")
@@ -414,7 +428,7 @@ impl RequestStore {
     /// Records how a run ended; a failed run does not count against the limit.
     pub fn finish_run(&self, run: i64, ok: bool) -> Result<(), GovernanceError> {
         let err = db_error(&self.path);
-        self.with(|tx| {
+        self.transaction(Sync::Normal, |tx| {
             tx.execute(
                 "UPDATE runs SET status = ?1, finished_at = ?2 WHERE id = ?3",
                 params![if ok { "ok" } else { "failed" }, now(), run],
@@ -423,6 +437,16 @@ impl RequestStore {
             Ok(())
         })
     }
+}
+
+/// How durable a transaction must be. Requests and decisions are synced
+/// (they survive power loss); run bookkeeping is written to the WAL without
+/// a sync of its own (it survives a process crash, and a power loss can at
+/// worst forget the last runs).
+#[derive(Clone, Copy)]
+enum Sync {
+    Full,
+    Normal,
 }
 
 fn approvals(request: &Request) -> usize {

@@ -5,6 +5,7 @@ mod adbc;
 mod cli;
 mod coordinator;
 mod governance;
+mod ground_truth;
 mod node;
 mod postgres;
 mod streaming;
