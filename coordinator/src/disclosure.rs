@@ -21,7 +21,7 @@ use datafusion::arrow::compute::{cast, concat_batches, nullif};
 use datafusion::arrow::datatypes::{DataType, Field, SchemaRef};
 use datafusion::arrow::util::display::array_value_to_string;
 use datafusion::catalog::Session;
-use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{Column, DFSchema, DFSchemaRef, DataFusionError, Result};
 use datafusion::datasource::{ViewTable, source_as_provider};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -228,38 +228,31 @@ fn describe(plan: &LogicalPlan) -> String {
     }
 }
 
-/// Whether `plan` reads a table a node declared personal.
+/// Whether `plan` reads a table a node declared personal, anywhere
+/// (subqueries in filters and projections included).
 fn reads_personal_table(plan: &LogicalPlan) -> bool {
-    plan.exists(|p| {
-        Ok(match p {
-            LogicalPlan::TableScan(scan) => {
-                source_as_provider(&scan.source)
-                    .ok()
-                    .is_some_and(|provider| {
-                        let any: &dyn Any = provider.as_ref();
-                        if let Some(remote) = any.downcast_ref::<RemoteTable>() {
-                            remote.personal()
-                        } else if let Some(view) = any.downcast_ref::<ViewTable>() {
-                            reads_personal_table(view.logical_plan())
-                        } else {
-                            false
-                        }
-                    })
-            }
-            _ => false,
+    let mut personal = false;
+    let _ = plan.apply_with_subqueries(|p| {
+        if let LogicalPlan::TableScan(scan) = p
+            && let Ok(provider) = source_as_provider(&scan.source)
+        {
+            let any: &dyn Any = provider.as_ref();
+            personal |= if let Some(remote) = any.downcast_ref::<RemoteTable>() {
+                remote.personal()
+            } else if let Some(view) = any.downcast_ref::<ViewTable>() {
+                reads_personal_table(view.logical_plan())
+            } else {
+                // Anything else is not a node's table: treat it as personal.
+                true
+            };
+        }
+        Ok(if personal {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
         })
-    })
-    // Subqueries in expressions are plans too.
-    .unwrap_or(true)
-        || plan.expressions().iter().any(|e| {
-            e.exists(|e| {
-                Ok(matches!(
-                    e,
-                    Expr::ScalarSubquery(_) | Expr::InSubquery(_) | Expr::Exists(_)
-                ))
-            })
-            .unwrap_or(true)
-        })
+    });
+    personal
 }
 
 /// What output column `index` of `node` is, traced down to `aggregate`.
@@ -275,7 +268,6 @@ fn trace(
             if index < measures {
                 return Ok(ColumnRole::Group);
             }
-            let _ = group_fields;
             let expr = unalias(&a.aggr_expr[index - measures]);
             let field = a.schema.field(index);
             Ok(match expr {

@@ -75,7 +75,7 @@ async fn python_adbc_driver_queries_a_node() {
     );
     assert_eq!(
         out["tables"],
-        serde_json::json!(["areas", "care_packages", "clients"])
+        serde_json::json!(["areas", "care_packages", "clients", "contacts"])
     );
     let results = out["results"].as_array().unwrap();
 

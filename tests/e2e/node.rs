@@ -481,8 +481,8 @@ async fn prepared_statements_bind_parameters_and_catalog_schemas_match_streams()
         .unwrap();
     let listed = rows(&listing);
     let names: Vec<&str> = listed.iter().map(|r| r[2].as_str()).collect();
-    assert_eq!(names, vec!["areas", "care_packages", "clients"]);
-    for table in ["areas", "care_packages", "clients"] {
+    assert_eq!(names, vec!["areas", "care_packages", "clients", "contacts"]);
+    for table in ["areas", "care_packages", "clients", "contacts"] {
         let info = c
             .execute(format!("SELECT * FROM {table}"), None)
             .await
