@@ -6,7 +6,9 @@
 //! it handles never leave them. It has no DataFusion dependency.
 
 pub mod batch;
+pub mod fields;
 pub mod keys;
+pub mod matching;
 pub mod normalise;
 pub mod phonetic;
 pub mod secret;

@@ -1,0 +1,635 @@
+//! Record linkage over field tokens: deterministic links on strong shared
+//! tokens, then Fellegi-Sunter scoring of candidate pairs (found by blocking
+//! on token equality, never all pairs) with m and u probabilities estimated
+//! by expectation-maximisation, as Splink does on plaintext. Every record
+//! gets a person key: the smallest `pid` of the records linked to it.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use crate::fields::{Field, FieldTokens, share_variant};
+use crate::token::Token;
+
+/// One record to link: where it came from, its `pid` and its field tokens.
+#[derive(Debug, Clone)]
+pub struct LinkRecord {
+    /// The node (or dataset) it came from.
+    pub source: u32,
+    pub pid: Token,
+    pub fields: FieldTokens,
+}
+
+/// Linkage settings.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkOptions {
+    /// A candidate pair links when its match probability reaches this.
+    pub threshold: f64,
+    /// Pairs whose probability is within this of the threshold are reported as uncertain.
+    pub uncertainty: f64,
+    /// Blocks with more records than this are skipped (too common to tell apart).
+    pub max_block: usize,
+    /// Expectation-maximisation rounds.
+    pub em_rounds: usize,
+    /// Random record pairs sampled to estimate u probabilities.
+    pub u_samples: usize,
+}
+
+impl Default for LinkOptions {
+    fn default() -> Self {
+        Self {
+            threshold: 0.9,
+            uncertainty: 0.4,
+            max_block: 500,
+            em_rounds: 25,
+            u_samples: 200_000,
+        }
+    }
+}
+
+/// One comparison and its levels, best first; the last level is "missing".
+struct Comparison {
+    name: &'static str,
+    levels: &'static [&'static str],
+}
+
+const COMPARISONS: [Comparison; 6] = [
+    Comparison {
+        name: "nhs_number",
+        levels: &["agree", "disagree", "missing"],
+    },
+    Comparison {
+        name: "family",
+        levels: &["exact", "one edit", "phonetic", "disagree", "missing"],
+    },
+    Comparison {
+        name: "given",
+        levels: &["exact", "one edit", "initial", "disagree", "missing"],
+    },
+    Comparison {
+        name: "date_of_birth",
+        levels: &["exact", "year or day", "disagree", "missing"],
+    },
+    Comparison {
+        name: "sex",
+        levels: &["agree", "disagree", "missing"],
+    },
+    Comparison {
+        name: "postcode",
+        levels: &["exact", "sector", "disagree", "missing"],
+    },
+];
+
+/// The agreement pattern of a pair: one level per comparison.
+type Pattern = [u8; 6];
+
+fn same(a: Option<&Token>, b: Option<&Token>) -> Option<bool> {
+    Some(a? == b?)
+}
+
+fn compare(a: &FieldTokens, b: &FieldTokens) -> Pattern {
+    let nhs = match same(a.get(Field::NhsNumber), b.get(Field::NhsNumber)) {
+        Some(true) => 0,
+        Some(false) => 1,
+        None => 2,
+    };
+    let name = |exact: Field, va: &[Token], vb: &[Token], weaker: Field| match same(
+        a.get(exact),
+        b.get(exact),
+    ) {
+        None => 4,
+        Some(true) => 0,
+        Some(false) if share_variant(va, vb) => 1,
+        Some(false) if same(a.get(weaker), b.get(weaker)) == Some(true) => 2,
+        Some(false) => 3,
+    };
+    let family = name(
+        Field::Family,
+        &a.family_variants,
+        &b.family_variants,
+        Field::FamilyPhonetic,
+    );
+    let given = name(
+        Field::Given,
+        &a.given_variants,
+        &b.given_variants,
+        Field::GivenInitial,
+    );
+    let dob = match same(a.get(Field::Dob), b.get(Field::Dob)) {
+        None => 3,
+        Some(true) => 0,
+        Some(false)
+            if same(a.get(Field::DobYear), b.get(Field::DobYear)) == Some(true)
+                || same(a.get(Field::DobMonthDay), b.get(Field::DobMonthDay)) == Some(true) =>
+        {
+            1
+        }
+        Some(false) => 2,
+    };
+    let sex = match same(a.get(Field::Sex), b.get(Field::Sex)) {
+        Some(true) => 0,
+        Some(false) => 1,
+        None => 2,
+    };
+    let postcode = match same(a.get(Field::Postcode), b.get(Field::Postcode)) {
+        None => 3,
+        Some(true) => 0,
+        Some(false) if same(a.get(Field::Sector), b.get(Field::Sector)) == Some(true) => 1,
+        Some(false) => 2,
+    };
+    [nhs, family, given, dob, sex, postcode]
+}
+
+/// m and u probabilities per comparison level, and the share of matches.
+#[derive(Debug, Clone)]
+struct Model {
+    m: Vec<Vec<f64>>,
+    u: Vec<Vec<f64>>,
+    prior: f64,
+}
+
+impl Model {
+    fn initial() -> Self {
+        let spread = |best: f64, n: usize| -> Vec<f64> {
+            // Agreement likely for matches (m) or unlikely (u); "missing" is
+            // neutral and is never estimated.
+            let mut v = vec![(1.0 - best) / (n - 2) as f64; n];
+            v[0] = best;
+            v[n - 1] = 1.0;
+            v
+        };
+        Self {
+            m: COMPARISONS
+                .iter()
+                .map(|c| spread(0.9, c.levels.len()))
+                .collect(),
+            u: COMPARISONS
+                .iter()
+                .map(|c| spread(0.05, c.levels.len()))
+                .collect(),
+            prior: 0.1,
+        }
+    }
+
+    fn probability(&self, p: &Pattern) -> f64 {
+        self.probability_without(p, 0)
+    }
+
+    /// The match probability ignoring the comparisons in the `fixed` bit set.
+    fn probability_without(&self, p: &Pattern, fixed: u8) -> f64 {
+        let (mut m, mut u) = (self.prior, 1.0 - self.prior);
+        for (c, &level) in p.iter().enumerate() {
+            if fixed & (1 << c) == 0 {
+                m *= self.m[c][level as usize];
+                u *= self.u[c][level as usize];
+            }
+        }
+        m / (m + u)
+    }
+
+    /// u from random pairs: how often records of different people agree.
+    fn estimate_u(&mut self, records: &[LinkRecord], samples: usize) {
+        let n = records.len() as u64;
+        if n < 2 {
+            return;
+        }
+        let mut sums: Vec<Vec<f64>> = self.u.iter().map(|l| vec![0.0; l.len()]).collect();
+        // A fixed xorshift sequence: the same records give the same estimate.
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let all_pairs = n * (n - 1) / 2;
+        let mut taken = 0;
+        while taken < samples as u64 && taken < all_pairs {
+            let (i, j) = ((next() % n) as usize, (next() % n) as usize);
+            if i == j {
+                continue;
+            }
+            let pattern = compare(&records[i].fields, &records[j].fields);
+            for (c, &level) in pattern.iter().enumerate() {
+                sums[c][level as usize] += 1.0;
+            }
+            taken += 1;
+        }
+        self.u = sums.iter().map(|s| normalise_levels(s)).collect();
+    }
+
+    /// One EM round over the pattern counts of pairs found by one blocking
+    /// rule: m of the comparisons the rule does not use, and the share of
+    /// matches (u is fixed from random pairs). The rule's own comparisons
+    /// agree by construction, so they say nothing here and are left out.
+    fn step(&mut self, patterns: &HashMap<Pattern, u64>, fixed: u8) {
+        let mut m_sum: Vec<Vec<f64>> = self.m.iter().map(|l| vec![0.0; l.len()]).collect();
+        let (mut matches, mut total) = (0.0, 0.0);
+        for (pattern, &count) in patterns {
+            let w = self.probability_without(pattern, fixed);
+            let n = count as f64;
+            matches += w * n;
+            total += n;
+            for (c, &level) in pattern.iter().enumerate() {
+                m_sum[c][level as usize] += w * n;
+            }
+        }
+        for (c, sums) in m_sum.iter().enumerate() {
+            if fixed & (1 << c) == 0 {
+                self.m[c] = normalise_levels(sums);
+            }
+        }
+        self.prior = (matches / total.max(1.0)).clamp(1e-6, 0.999);
+    }
+}
+
+/// Level counts to probabilities over the known levels (with a little
+/// smoothing so no level is impossible); "missing" stays neutral at 1.
+fn normalise_levels(sums: &[f64]) -> Vec<f64> {
+    let last = sums.len() - 1;
+    let known: f64 = sums[..last].iter().sum();
+    let mut out: Vec<f64> = sums[..last]
+        .iter()
+        .map(|s| ((s + 0.01) / (known + 0.01 * last as f64)).clamp(1e-6, 1.0))
+        .collect();
+    out.push(1.0);
+    out
+}
+
+/// A comparison level's estimated m, u and match weight (log2 m/u).
+#[derive(Debug, Clone, Serialize)]
+pub struct LevelWeight {
+    pub comparison: &'static str,
+    pub level: &'static str,
+    pub m: f64,
+    pub u: f64,
+    pub weight: f64,
+}
+
+/// What linkage did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LinkReport {
+    pub records: usize,
+    /// Records joined to another by a shared NHS-number token.
+    pub linked_by_nhs_number: usize,
+    /// Further records joined by the same name, date of birth and sex.
+    pub linked_by_name_dob_sex: usize,
+    /// Further records joined by Fellegi-Sunter scoring.
+    pub linked_by_score: usize,
+    pub candidate_pairs: usize,
+    /// Candidate pairs scored within the uncertainty band around the threshold.
+    pub uncertain_pairs: usize,
+    pub blocks_skipped: usize,
+    pub persons: usize,
+    pub estimated_match_share: f64,
+    pub weights: Vec<LevelWeight>,
+}
+
+/// Every record's person key, and the report.
+#[derive(Debug, Clone)]
+pub struct Linkage {
+    pub keys: Vec<Token>,
+    pub report: LinkReport,
+}
+
+struct UnionFind(Vec<u32>);
+
+impl UnionFind {
+    fn find(&mut self, mut i: u32) -> u32 {
+        while self.0[i as usize] != i {
+            let parent = self.0[self.0[i as usize] as usize];
+            self.0[i as usize] = parent;
+            i = parent;
+        }
+        i
+    }
+    /// Joins the sets of `a` and `b`; whether they were apart.
+    fn union(&mut self, a: u32, b: u32) -> bool {
+        let (ra, rb) = (self.find(a), self.find(b));
+        if ra == rb {
+            return false;
+        }
+        let (lo, hi) = if ra < rb { (ra, rb) } else { (rb, ra) };
+        self.0[hi as usize] = lo;
+        true
+    }
+}
+
+/// Groups record indices by a key, skipping records without one.
+fn groups<K: std::hash::Hash + Eq>(
+    records: &[LinkRecord],
+    key: impl Fn(&FieldTokens) -> Option<K>,
+) -> HashMap<K, Vec<u32>> {
+    let mut out: HashMap<K, Vec<u32>> = HashMap::new();
+    for (i, r) in records.iter().enumerate() {
+        if let Some(k) = key(&r.fields) {
+            out.entry(k).or_default().push(i as u32);
+        }
+    }
+    out
+}
+
+/// Links `records`, reporting progress through `progress`.
+pub fn link(
+    records: &[LinkRecord],
+    options: &LinkOptions,
+    mut progress: impl FnMut(&str),
+) -> Linkage {
+    let n = records.len();
+    let mut sets = UnionFind((0..n as u32).collect());
+    let mut report = LinkReport {
+        records: n,
+        ..Default::default()
+    };
+
+    // Deterministic: the same NHS number; then the same name, date of
+    // birth and sex where the NHS numbers do not contradict it.
+    for members in groups(records, |f| f.nhs_number).into_values() {
+        for w in members.windows(2) {
+            report.linked_by_nhs_number += sets.union(w[0], w[1]) as usize;
+        }
+    }
+    for members in groups(records, |f| Some((f.family?, f.given?, f.dob?, f.sex?))).into_values() {
+        for w in members.windows(2) {
+            let (a, b) = (
+                &records[w[0] as usize].fields,
+                &records[w[1] as usize].fields,
+            );
+            if same(a.nhs_number.as_ref(), b.nhs_number.as_ref()) != Some(false) {
+                report.linked_by_name_dob_sex += sets.union(w[0], w[1]) as usize;
+            }
+        }
+    }
+    progress(&format!(
+        "deterministic: {} links by NHS number, {} by name, date of birth and sex",
+        report.linked_by_nhs_number, report.linked_by_name_dob_sex
+    ));
+
+    // Candidate pairs: records sharing a blocking key, across sets.
+    let mut pairs: HashMap<(u32, u32), Pattern> = HashMap::new();
+    // Each rule, with the comparisons it makes agree (bits: nhs, family,
+    // given, dob, sex, postcode).
+    type Blocking<'a> = (&'a dyn Fn(&FieldTokens) -> Option<Vec<Token>>, u8);
+    let blockings: [Blocking; 4] = [
+        (&|f| Some(vec![f.dob?, f.sex?]), 0b011000),
+        (&|f| Some(vec![f.dob?, f.postcode?]), 0b101000),
+        (&|f| Some(vec![f.family?, f.given?]), 0b000110),
+        (
+            &|f| Some(vec![f.family_phonetic?, f.dob_year?, f.postcode?]),
+            0b101010,
+        ),
+    ];
+    let mut sessions: Vec<(u8, HashMap<Pattern, u64>)> = Vec::new();
+    for (blocking, fixed) in blockings {
+        let mut counts: HashMap<Pattern, u64> = HashMap::new();
+        for members in groups(records, blocking).into_values() {
+            if members.len() > options.max_block {
+                report.blocks_skipped += 1;
+                continue;
+            }
+            for (x, &i) in members.iter().enumerate() {
+                for &j in &members[x + 1..] {
+                    // Every rule trains on all its pairs, seen before or not.
+                    let pattern = *pairs.entry((i, j)).or_insert_with(|| {
+                        compare(&records[i as usize].fields, &records[j as usize].fields)
+                    });
+                    *counts.entry(pattern).or_default() += 1;
+                }
+            }
+        }
+        sessions.push((fixed, counts));
+    }
+    report.candidate_pairs = pairs.len();
+    progress(&format!("{} candidate pairs from blocking", pairs.len()));
+
+    // Expectation-maximisation over the patterns' counts.
+    let mut counts: HashMap<Pattern, u64> = HashMap::new();
+    for pattern in pairs.values() {
+        *counts.entry(*pattern).or_default() += 1;
+    }
+    let mut model = Model::initial();
+    model.estimate_u(records, options.u_samples);
+    // Train on each rule's pairs; a comparison's m is the mean of the
+    // estimates from the rules that leave it free.
+    let mut m_sums: Vec<Vec<f64>> = model.m.iter().map(|l| vec![0.0; l.len()]).collect();
+    let mut m_counts = [0usize; 6];
+    let mut expected_matches: f64 = report.linked_by_nhs_number as f64;
+    for (fixed, session) in &sessions {
+        if session.is_empty() {
+            continue;
+        }
+        let mut trained = model.clone();
+        for _ in 0..options.em_rounds {
+            trained.step(session, *fixed);
+        }
+        let pairs: u64 = session.values().sum();
+        expected_matches = expected_matches.max(trained.prior * pairs as f64);
+        for c in 0..COMPARISONS.len() {
+            if fixed & (1 << c) == 0 {
+                m_counts[c] += 1;
+                for (sum, m) in m_sums[c].iter_mut().zip(&trained.m[c]) {
+                    *sum += m;
+                }
+            }
+        }
+    }
+    for c in 0..COMPARISONS.len() {
+        if m_counts[c] > 0 {
+            model.m[c] = m_sums[c].iter().map(|s| s / m_counts[c] as f64).collect();
+        }
+    }
+    // The prior: the chance that two records drawn at random match (u is
+    // measured on random pairs too), from the matches the best rule found.
+    let all_pairs = (n as f64) * (n as f64 - 1.0) / 2.0;
+    model.prior = (expected_matches.max(1.0) / all_pairs.max(1.0)).clamp(1e-12, 0.5);
+    report.estimated_match_share = model.prior;
+    for (c, comparison) in COMPARISONS.iter().enumerate() {
+        for (l, level) in comparison
+            .levels
+            .iter()
+            .enumerate()
+            .take(comparison.levels.len() - 1)
+        {
+            let (m, u) = (model.m[c][l], model.u[c][l]);
+            report.weights.push(LevelWeight {
+                comparison: comparison.name,
+                level,
+                m,
+                u,
+                weight: (m / u).log2(),
+            });
+        }
+    }
+
+    // Score: link pairs at or above the threshold.
+    let scores: HashMap<Pattern, f64> = counts.keys().map(|p| (*p, model.probability(p))).collect();
+    let mut ordered: Vec<(&(u32, u32), &Pattern)> = pairs.iter().collect();
+    ordered.sort_unstable_by_key(|(k, _)| **k);
+    for ((i, j), pattern) in ordered {
+        let p = scores[pattern];
+        if (p - options.threshold).abs() < options.uncertainty && p < 1.0 - 1e-9 && p > 1e-9 {
+            report.uncertain_pairs += 1;
+        }
+        if p >= options.threshold {
+            report.linked_by_score += sets.union(*i, *j) as usize;
+        }
+    }
+    progress(&format!(
+        "scoring: {} further links",
+        report.linked_by_score
+    ));
+
+    // Person key: the smallest pid in each set.
+    let mut smallest: HashMap<u32, Token> = HashMap::new();
+    for (i, r) in records.iter().enumerate() {
+        let root = sets.find(i as u32);
+        smallest
+            .entry(root)
+            .and_modify(|t| *t = (*t).min(r.pid))
+            .or_insert(r.pid);
+    }
+    report.persons = smallest.len();
+    let keys = (0..n as u32).map(|i| smallest[&sets.find(i)]).collect();
+    Linkage { keys, report }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fields::FieldTokeniser;
+    use crate::secret::LinkageSecret;
+    use crate::token::{Identity, RawIdentity};
+
+    fn record(source: u32, pid: u8, ids: [Option<&str>; 6]) -> LinkRecord {
+        let secret = LinkageSecret::from_bytes([3u8; 32]);
+        let [nhs, family, given, dob, sex, postcode] = ids;
+        let identity = Identity::normalise(&RawIdentity {
+            nhs_number: nhs,
+            family_name: family,
+            given_name: given,
+            date_of_birth: dob,
+            sex,
+            postcode,
+        });
+        LinkRecord {
+            source,
+            pid: [pid; 16],
+            fields: FieldTokeniser::new(&secret, "p").tokens(&identity),
+        }
+    }
+
+    /// A valid NHS number (modulus 11) made from `seed`.
+    fn nhs(seed: u64) -> String {
+        let mut n = 400_000_000 + seed * 7;
+        loop {
+            let digits: Vec<u32> = format!("{n:09}")
+                .chars()
+                .map(|c| c.to_digit(10).unwrap())
+                .collect();
+            let sum: u32 = digits
+                .iter()
+                .enumerate()
+                .map(|(i, d)| d * (10 - i as u32))
+                .sum();
+            let check = (11 - sum % 11) % 11;
+            if check < 10 {
+                return format!("{n:09}{check}");
+            }
+            n += 1;
+        }
+    }
+
+    #[test]
+    fn typos_and_missing_nhs_numbers_still_link_and_different_people_do_not() {
+        let families = [
+            "Smith", "Jones", "Taylor", "Brown", "Williams", "Wilson", "Johnson", "Davies",
+            "Patel", "Khan", "Evans", "Thomas", "Roberts", "Walker", "Wright", "Thompson",
+            "Robinson", "White", "Hughes", "Edwards",
+        ];
+        let givens = [
+            "Anna", "Ben", "Carl", "Dina", "Emma", "Fred", "Gina", "Hugo", "Iris", "Jack", "Kate",
+            "Liam", "Mona", "Nick", "Olga", "Paul", "Rosa", "Sam", "Tina", "Umar",
+        ];
+        let mut seed = 12345u64;
+        let mut next = |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        let (mut records, mut truth) = (Vec::new(), Vec::new());
+        for person in 0..400u64 {
+            let family = families[next(20) as usize];
+            let given = givens[next(20) as usize];
+            // Common names and few postcodes: blocks hold several different people.
+            let dob = format!(
+                "19{}-{:02}-{:02}",
+                40 + next(10),
+                1 + next(12),
+                1 + next(28)
+            );
+            let postcode = format!("LS{} {}AB", 1 + next(4), next(3));
+            let sex = if next(2) == 0 { "F" } else { "M" };
+            let mut a = record(
+                0,
+                0,
+                [
+                    Some(&nhs(person)),
+                    Some(family),
+                    Some(given),
+                    Some(&dob),
+                    Some(sex),
+                    Some(&postcode),
+                ],
+            );
+            a.pid[..2].copy_from_slice(&(person as u16).to_be_bytes());
+            records.push(a);
+            truth.push(person);
+            if next(10) < 6 {
+                // The other node: no NHS number, sometimes one letter wrong.
+                let typed = if next(5) == 0 {
+                    let mut chars: Vec<char> = family.chars().collect();
+                    chars[2] = if chars[2] == 'x' { 'y' } else { 'x' };
+                    chars.into_iter().collect::<String>()
+                } else {
+                    family.to_string()
+                };
+                let mut b = record(
+                    1,
+                    0,
+                    [
+                        None,
+                        Some(&typed),
+                        Some(given),
+                        Some(&dob),
+                        Some(sex),
+                        Some(&postcode),
+                    ],
+                );
+                b.pid[..2].copy_from_slice(&(person as u16).to_be_bytes());
+                b.pid[2] = 1;
+                records.push(b);
+                truth.push(person);
+            }
+        }
+        let linked = link(&records, &LinkOptions::default(), |_| {});
+        let (mut tp, mut fp, mut fn_) = (0, 0, 0);
+        for a in 0..records.len() {
+            for b in a + 1..records.len() {
+                match (linked.keys[a] == linked.keys[b], truth[a] == truth[b]) {
+                    (true, true) => tp += 1,
+                    (true, false) => fp += 1,
+                    (false, true) => fn_ += 1,
+                    _ => {}
+                }
+            }
+        }
+        assert!(tp > 200, "{tp}");
+        assert_eq!((fp, fn_), (0, 0), "{:#?}", linked.report);
+        assert!(
+            linked.report.linked_by_score > 0,
+            "typos were linked by score: {:?}",
+            linked.report
+        );
+    }
+}
