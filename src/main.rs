@@ -130,8 +130,11 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
-    /// Linkage quality reports.
-    Link,
+    /// Record linkage across nodes.
+    Link {
+        #[command(subcommand)]
+        command: LinkCommand,
+    },
     /// Manage the linkage secret.
     Keys {
         #[command(subcommand)]
@@ -162,6 +165,20 @@ enum AuditCommand {
         /// A node's audit log as NAME=FILE (repeat for each node).
         #[arg(long = "node", required = true)]
         nodes: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum LinkCommand {
+    /// Link a project's records as the coordinator does and report how:
+    /// links by rule, estimated match weights, uncertain pairs.
+    Report {
+        /// The coordinator's configuration (its nodes and their tokens).
+        #[arg(long)]
+        config: PathBuf,
+        /// The project (default: the coordinator's default project).
+        #[arg(long)]
+        project: Option<String>,
     },
 }
 
@@ -323,7 +340,16 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Audit {
             command: AuditCommand::Reconcile { coordinator, nodes },
         } => audit::reconcile_logs(coordinator, nodes),
-        Command::Link => not_yet("`carrow link`"),
+        Command::Link {
+            command: LinkCommand::Report { config, project },
+        } => {
+            let cfg = config::load_coordinator(&config)?;
+            let project = project.unwrap_or_else(|| cfg.default_project.clone());
+            let index =
+                runtime()?.block_on(carrow_coordinator::linkage::build_for(&cfg, &project))?;
+            print_link_report(&project, &index);
+            Ok(())
+        }
     }
 }
 
@@ -401,8 +427,60 @@ fn read_password(file: Option<&std::path::Path>) -> anyhow::Result<String> {
         .context("no password: give --password-file, set CARROW_PASSWORD or run in a terminal")
 }
 
-fn not_yet(what: &str) -> anyhow::Result<()> {
-    bail!("{what} is not yet available in this version of carrow")
+fn print_link_report(project: &str, index: &carrow_coordinator::linkage::LinkageIndex) {
+    let r = &index.report;
+    println!(
+        "linkage of project {project}: {} records, {} persons",
+        r.records, r.persons
+    );
+    if !index.missing_nodes.is_empty() {
+        println!(
+            "  nodes without tokens (unreachable): {}",
+            index.missing_nodes.join(", ")
+        );
+    }
+    println!(
+        "  records linked by the same pid           {:>9}",
+        r.linked_by_pid
+    );
+    println!(
+        "  records linked by NHS number             {:>9}",
+        r.linked_by_nhs_number
+    );
+    println!(
+        "  records linked by name, birth date, sex  {:>9}",
+        r.linked_by_name_dob_sex
+    );
+    println!(
+        "  records linked by match score            {:>9}",
+        r.linked_by_score
+    );
+    println!(
+        "  candidate pairs scored                   {:>9}",
+        r.candidate_pairs
+    );
+    println!(
+        "  uncertain pairs (near the threshold)     {:>9}",
+        r.uncertain_pairs
+    );
+    println!(
+        "  blocks too large to score                {:>9}",
+        r.blocks_skipped
+    );
+    println!(
+        "  chance two random records match          {:>9.2e}",
+        r.estimated_match_share
+    );
+    println!(
+        "\n  {:<14} {:<12} {:>9} {:>9} {:>8}",
+        "comparison", "level", "m", "u", "weight"
+    );
+    for w in &r.weights {
+        println!(
+            "  {:<14} {:<12} {:>9.4} {:>9.5} {:>8.2}",
+            w.comparison, w.level, w.m, w.u, w.weight
+        );
+    }
 }
 
 fn generate(

@@ -46,6 +46,14 @@ pub struct CoordinatorConfig {
     /// Disclosure control of planners' (and aggregate research) results.
     #[serde(default)]
     pub disclosure: DisclosureConfig,
+    /// Link records across nodes with the nodes' linkage tokens (default
+    /// true); when false, records join on `pid` alone.
+    #[serde(default = "default_true")]
+    pub link_records: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// A user: Basic auth with `name` and a password kept here only as a salted

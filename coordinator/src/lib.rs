@@ -12,6 +12,7 @@
 pub mod combined;
 pub mod config;
 pub mod disclosure;
+pub mod linkage;
 pub mod pushdown;
 pub mod remote;
 pub mod service;

@@ -13,7 +13,7 @@ use arrow_flight::sql::CommandGetTables;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use async_trait::async_trait;
 use carrow_sql::QueryError;
-use carrow_sql::flight::{PROJECT_HEADER, QUERY_ID_HEADER, RECEIPT_HEADER};
+use carrow_sql::flight::{LINKAGE_HEADER, PROJECT_HEADER, QUERY_ID_HEADER, RECEIPT_HEADER};
 use datafusion::arrow::array::{BinaryArray, StringArray};
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::ipc::convert::try_schema_from_ipc_buffer;
@@ -41,6 +41,9 @@ pub struct FragmentContext {
     pub allow_partial: bool,
     /// What each node contributed.
     pub coverage: Arc<Coverage>,
+    /// The project's linkage index: every `pid` a node sends is mapped to
+    /// its person key.
+    pub linkage: Option<Arc<crate::linkage::LinkageIndex>>,
 }
 
 /// One node's part in a result.
@@ -247,6 +250,58 @@ impl NodeClient {
         *self.session.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
+    /// The node's linkage token table for `project` (coordinator only).
+    pub async fn linkage_tokens(
+        &self,
+        project: &str,
+    ) -> Result<Vec<datafusion::arrow::array::RecordBatch>, QueryError> {
+        let context = FragmentContext {
+            project: project.to_string(),
+            query_id: "linkage".to_string(),
+            allow_partial: false,
+            coverage: Arc::new(Coverage::default()),
+            linkage: None,
+        };
+        let failed = |e: String| {
+            QueryError::Unavailable(format!(
+                "node {} did not send its linkage tokens: {e}",
+                self.name
+            ))
+        };
+        let mut client = self.connect(&context).await?;
+        client.set_header(LINKAGE_HEADER, "1");
+        let sql = "SELECT * FROM carrow_linkage_tokens".to_string();
+        let info = match client.execute(sql.clone(), None).await {
+            Ok(info) => info,
+            Err(_) => {
+                self.forget();
+                client = self.connect(&context).await?;
+                client.set_header(LINKAGE_HEADER, "1");
+                client
+                    .execute(sql, None)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?
+            }
+        };
+        let mut batches = Vec::new();
+        for endpoint in info.endpoint {
+            let ticket = endpoint.ticket.ok_or_else(|| failed("no ticket".into()))?;
+            let stream = raw_do_get(&mut client, ticket, &context)
+                .await
+                .map_err(|e| failed(e.to_string()))?
+                .filter(|item| {
+                    futures::future::ready(!matches!(item, Ok(d) if d.data_header.is_empty()))
+                })
+                .map(|item| item.map_err(FlightError::from));
+            let decoded: Vec<_> = FlightRecordBatchStream::new_from_flight_data(stream)
+                .try_collect()
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            batches.extend(decoded);
+        }
+        Ok(batches)
+    }
+
     /// The node's published tables with their schemas.
     pub async fn tables(&self, project: &str) -> Result<Vec<(String, SchemaRef)>, QueryError> {
         let context = FragmentContext {
@@ -254,6 +309,7 @@ impl NodeClient {
             query_id: "catalog".to_string(),
             allow_partial: false,
             coverage: Arc::new(Coverage::default()),
+            linkage: None,
         };
         let mut client = self.connect(&context).await?;
         let failed = |e: String| {
@@ -394,17 +450,23 @@ impl NodeClient {
         };
         let name = self.name.clone();
         let coverage = context.coverage.clone();
+        let linkage = context.linkage.clone();
         let batches = futures::stream::unfold(
             (decoded, Some(fragment)),
             move |(mut decoded, mut pending)| {
                 let (name, coverage, receipt) = (name.clone(), coverage.clone(), receipt.clone());
+                let linkage = linkage.clone();
                 async move {
                     let open = pending.as_mut()?;
                     match decoded.next().await {
                         Some(Ok(batch)) => {
                             open.rows += batch.num_rows() as u64;
                             coverage.update(&name, |c| c.rows += batch.num_rows() as u64);
-                            Some((Ok(batch), (decoded, pending)))
+                            let batch = match &linkage {
+                                Some(index) => index.map_batch(batch),
+                                None => Ok(batch),
+                            };
+                            Some((batch, (decoded, pending)))
                         }
                         Some(Err(e)) => {
                             let mut done = pending.take()?;

@@ -25,6 +25,7 @@ use serde_json::json;
 use crate::CoordinatorError;
 use crate::config::{COMBINED_SCHEMA, CoordinatorConfig, UserConfig};
 use crate::disclosure::{DisclosurePlanner, ReportSink};
+use crate::linkage::LinkageIndex;
 use crate::pushdown::PushToNode;
 use crate::remote::{Coverage, FragmentContext, NodeClient, RemoteTable};
 use crate::split_aggregate::SplitAggregatePerNode;
@@ -57,6 +58,9 @@ pub struct CoordinatorState {
     requests: RequestStore,
     /// The coordinator's hash-chained log of every query attempt and decision.
     audit: AuditLog,
+    /// Linkage indexes by project, built on first use and kept up to date
+    /// at each catalog refresh.
+    linkage: tokio::sync::Mutex<HashMap<String, Arc<LinkageIndex>>>,
 }
 
 impl std::fmt::Debug for CoordinatorState {
@@ -107,8 +111,11 @@ impl CoordinatorState {
             rules,
             requests,
             audit,
+            linkage: tokio::sync::Mutex::new(HashMap::new()),
         };
         state.refresh().await?;
+        let default_project = state.config.default_project.clone();
+        state.linkage_index(&default_project).await;
         Ok(state)
     }
 
@@ -145,7 +152,41 @@ impl CoordinatorState {
             .register_schema(COMBINED_SCHEMA, combined)
             .map_err(|e| CoordinatorError::Catalog(e.to_string()))?;
         *self.unreachable.lock().unwrap_or_else(|p| p.into_inner()) = unreachable;
+        // Rebuild the linkage indexes in use, where a node's tokens changed.
+        let mut indexes = self.linkage.lock().await;
+        let projects: Vec<String> = indexes.keys().cloned().collect();
+        for project in projects {
+            let previous = indexes.get(&project).cloned();
+            match crate::linkage::build(&self.nodes, &project, previous).await {
+                Ok(index) => {
+                    indexes.insert(project, index);
+                }
+                Err(e) => tracing::error!(%project, error = %e, "linkage index not rebuilt"),
+            }
+        }
         Ok(())
+    }
+
+    /// The linkage index of `project`, built now if it has none yet; `None`
+    /// when record linkage is off or cannot be built.
+    pub async fn linkage_index(&self, project: &str) -> Option<Arc<LinkageIndex>> {
+        if !self.config.link_records {
+            return None;
+        }
+        let mut indexes = self.linkage.lock().await;
+        if let Some(index) = indexes.get(project) {
+            return Some(index.clone());
+        }
+        match crate::linkage::build(&self.nodes, project, None).await {
+            Ok(index) => {
+                indexes.insert(project.to_string(), index.clone());
+                Some(index)
+            }
+            Err(e) => {
+                tracing::error!(%project, error = %e, "no linkage index: records join on pid alone");
+                None
+            }
+        }
     }
 
     /// Nodes that did not answer the last catalog refresh.
@@ -412,11 +453,17 @@ impl Backend for CoordinatorBackend {
             .get(ALLOW_PARTIAL)
             .is_some_and(|v| v.eq_ignore_ascii_case("true"));
         let coverage = Arc::new(Coverage::default());
+        let linkage = if sql.trim().is_empty() || meta.setting {
+            None
+        } else {
+            self.state.linkage_index(&permit.project).await
+        };
         let context = FragmentContext {
             project: permit.project.clone(),
             query_id: query_id.clone(),
             allow_partial,
             coverage: coverage.clone(),
+            linkage,
         };
         Ok(Arc::new(CoordinatorScope {
             state: self.state.clone(),

@@ -270,6 +270,8 @@ pub struct LevelWeight {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct LinkReport {
     pub records: usize,
+    /// Records joined to another by the same pid (as they join without linkage).
+    pub linked_by_pid: usize,
     /// Records joined to another by a shared NHS-number token.
     pub linked_by_nhs_number: usize,
     /// Further records joined by the same name, date of birth and sex.
@@ -342,8 +344,17 @@ pub fn link(
         ..Default::default()
     };
 
-    // Deterministic: the same NHS number; then the same name, date of
-    // birth and sex where the NHS numbers do not contradict it.
+    // Deterministic: the same pid (how records link without this stage),
+    // the same NHS number, then the same name, date of birth and sex where
+    // the NHS numbers do not contradict it.
+    let mut by_pid: HashMap<Token, u32> = HashMap::new();
+    for (i, r) in records.iter().enumerate() {
+        if let Some(&first) = by_pid.get(&r.pid) {
+            report.linked_by_pid += sets.union(first, i as u32) as usize;
+        } else {
+            by_pid.insert(r.pid, i as u32);
+        }
+    }
     for members in groups(records, |f| f.nhs_number).into_values() {
         for w in members.windows(2) {
             report.linked_by_nhs_number += sets.union(w[0], w[1]) as usize;

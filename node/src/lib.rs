@@ -16,6 +16,7 @@ pub mod postgres;
 pub mod publish;
 pub mod service;
 pub mod sources;
+pub mod tokens;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -17,6 +17,8 @@ pub mod rules {
     pub const CALLERS: &str = "known callers";
     pub const PROJECTS: &str = "projects served";
     pub const PUBLISHED_TABLES: &str = "published tables";
+    /// Linkage token tables go to the coordinator's linkage stage only.
+    pub const LINKAGE_TOKENS: &str = "linkage tokens: coordinator only";
     pub const PUBLISHED_COLUMNS: &str = "published columns";
     pub const IDENTIFIERS: &str = "identifiers never published";
 }

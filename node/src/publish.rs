@@ -31,7 +31,21 @@ pub struct PublishedTable {
     pub personal: bool,
     pub plan: LogicalPlan,
     pub schema: SchemaRef,
+    /// For a personal table: `pid` and the raw identifier columns as text
+    /// (named by kind), opt-outs removed. Only the linkage token table
+    /// reads it; it never crosses the boundary.
+    pub identities: Option<LogicalPlan>,
 }
+
+/// The identifier columns of an identities plan, after `pid`, in order.
+pub const IDENTITY_KINDS: [&str; 6] = [
+    "nhs_number",
+    "family_name",
+    "given_name",
+    "date_of_birth",
+    "sex",
+    "postcode",
+];
 
 /// Scalar functions a published plan embeds.
 pub struct BoundaryFunctions {
@@ -115,6 +129,26 @@ impl PublishedTable {
                 opted_out.call(vec![as_text(nhs)]),
             ))?;
         }
+        let identities = if table.personal {
+            let mut columns = vec![pid_expr(&table.identifiers, functions)];
+            columns.extend(IDENTITY_KINDS.iter().map(|kind| {
+                let column = match *kind {
+                    "nhs_number" => &table.identifiers.nhs_number,
+                    "family_name" => &table.identifiers.family_name,
+                    "given_name" => &table.identifiers.given_name,
+                    "date_of_birth" => &table.identifiers.date_of_birth,
+                    "sex" => &table.identifiers.sex,
+                    _ => &table.identifiers.postcode,
+                };
+                column
+                    .as_deref()
+                    .map_or(lit(ScalarValue::Utf8(None)), as_text)
+                    .alias(*kind)
+            }));
+            Some(df.clone().select(columns)?.into_unoptimized_plan())
+        } else {
+            None
+        };
         let mut exprs = Vec::new();
         if table.personal {
             exprs.push(pid_expr(&table.identifiers, functions));
@@ -129,6 +163,7 @@ impl PublishedTable {
             personal: table.personal,
             plan: df.into_unoptimized_plan(),
             schema,
+            identities,
         })
     }
 }
@@ -138,7 +173,8 @@ impl PublishedTable {
 pub struct AccessRecorder(Mutex<HashMap<String, Vec<String>>>);
 
 impl AccessRecorder {
-    fn record(&self, table: &str, columns: Vec<String>) {
+    /// Notes that a query read `columns` of `table`.
+    pub fn record(&self, table: &str, columns: Vec<String>) {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let entry = map.entry(table.to_string()).or_default();
         for c in columns {

@@ -6,6 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use carrow_governance::AuditLog;
+use carrow_linkage::fields::FieldTokeniser;
 use carrow_linkage::{LinkageSecret, Tokeniser};
 use carrow_sql::{Backend, Caller, QueryError, QueryScope, Released, RequestMeta, Stage};
 use datafusion::arrow::array::Array;
@@ -22,6 +23,7 @@ use crate::pid::{OptOutList, OptedOutFunction, PidFunction};
 use crate::policy::{self, Names};
 use crate::publish::{AccessRecorder, BoundaryFunctions, BoundaryTable, PublishedTable};
 use crate::sources;
+use crate::tokens;
 
 /// Catalog name of published tables; the schema is the node's name.
 pub const CATALOG: &str = "carrow";
@@ -35,6 +37,8 @@ pub struct NodeState {
     /// Schema metadata per table: freshness, personal.
     metadata: HashMap<String, HashMap<String, String>>,
     names: Names,
+    /// Field tokenisers per project, for the linkage token table.
+    field_tokenisers: HashMap<String, FieldTokeniser>,
 }
 
 impl std::fmt::Debug for NodeState {
@@ -127,12 +131,18 @@ impl NodeState {
             "node ready"
         );
         let names = Names::new(&config, published, unavailable);
+        let field_tokenisers = config
+            .projects
+            .iter()
+            .map(|p| (p.clone(), FieldTokeniser::new(&secret, p)))
+            .collect();
         Ok(Self {
             config,
             audit,
             projects,
             metadata,
             names,
+            field_tokenisers,
         })
     }
 
@@ -189,6 +199,40 @@ impl NodeState {
                 .map_err(|e| QueryError::Internal(format!("registering {}: {e}", table.name)))?;
         }
         Ok(session)
+    }
+
+    /// Adds the linkage token table of `project` to `session`, recorded as read.
+    async fn add_token_table(
+        &self,
+        session: &SessionContext,
+        project: &str,
+        recorder: &Arc<AccessRecorder>,
+    ) -> Result<(), QueryError> {
+        let tokeniser = self
+            .field_tokenisers
+            .get(project)
+            .ok_or_else(|| QueryError::NotFound(format!("no project {project}")))?;
+        let tables = self.projects.get(project).cloned().unwrap_or_default();
+        let batch = tokens::token_table(&tables, tokeniser).await.map_err(|e| {
+            QueryError::Internal(format!(
+                "building the linkage token table: {}",
+                e.find_root()
+            ))
+        })?;
+        let table = datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]])
+            .map_err(|e| QueryError::Internal(e.to_string()))?;
+        session
+            .register_table(tokens::TOKEN_TABLE, Arc::new(table))
+            .map_err(|e| QueryError::Internal(e.to_string()))?;
+        recorder.record(
+            tokens::TOKEN_TABLE,
+            tokens::schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect(),
+        );
+        Ok(())
     }
 
     fn record(&self, body: serde_json::Value) -> Option<String> {
@@ -346,6 +390,31 @@ impl Backend for NodeBackend {
         };
         let recorder = Arc::new(AccessRecorder::default());
         let session = state.session(&project, &recorder)?;
+        if meta.linkage {
+            // Field tokens are weaker pseudonyms than pid: only the
+            // coordinator's linkage stage may have them.
+            if client.role != crate::config::ClientRole::Coordinator {
+                let e = QueryError::refused(
+                    policy::rules::LINKAGE_TOKENS,
+                    format!(
+                        "{} is not a coordinator; linkage tokens go only to the coordinator's linkage stage",
+                        caller.user
+                    ),
+                );
+                state.record(json!({
+                    "query_id": query_id,
+                    "upstream_query_id": meta.upstream_query_id,
+                    "caller": caller.user,
+                    "role": caller.role,
+                    "project": project,
+                    "sql": sql,
+                    "outcome": e.outcome(),
+                    "error": e.to_string(),
+                }));
+                return Err(e);
+            }
+            state.add_token_table(&session, &project, &recorder).await?;
+        }
         Ok(Arc::new(NodeScope {
             state: state.clone(),
             session,

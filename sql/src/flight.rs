@@ -50,6 +50,9 @@ use crate::statement::check_read_only;
 pub const PROJECT_HEADER: &str = "x-carrow-project";
 /// Request header asking for a receipt (rows, bytes, audit head) after the last batch.
 pub const RECEIPT_HEADER: &str = "x-carrow-receipt";
+/// Request header of the coordinator's linkage stage, asking a node for its
+/// linkage token table.
+pub const LINKAGE_HEADER: &str = "x-carrow-linkage";
 /// Request header carrying the coordinator's query id, recorded in node logs.
 pub const QUERY_ID_HEADER: &str = "x-carrow-query-id";
 
@@ -80,6 +83,8 @@ pub struct RequestMeta {
     pub preparing: bool,
     /// The statement is a `SET carrow.*` setting, not a query.
     pub setting: bool,
+    /// The caller asks for the linkage token table (coordinators only).
+    pub linkage: bool,
 }
 
 impl RequestMeta {
@@ -96,6 +101,7 @@ impl RequestMeta {
             settings: BTreeMap::new(),
             preparing: false,
             setting: false,
+            linkage: text(LINKAGE_HEADER).is_some_and(|v| v == "1"),
         }
     }
 }

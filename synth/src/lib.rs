@@ -163,6 +163,7 @@ pub fn generate(opts: &GenerateOptions) -> Result<Summary, SynthError> {
             })
             .collect::<Result<_, SynthError>>()?,
         disclosure: Default::default(),
+        link_records: true,
     };
     write_toml(&coordinator_dir.join("coordinator.toml"), &coordinator)?;
     write_ground_truth(&opts.out.join("ground-truth"), &pop, &organisations)?;

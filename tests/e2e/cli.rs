@@ -17,17 +17,6 @@ fn unknown_subcommand_is_refused_with_usage() {
 }
 
 #[test]
-fn commands_of_later_versions_say_so_and_fail() {
-    let out = run(&["link"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("not yet available"),
-        "{}",
-        stderr(&out)
-    );
-}
-
-#[test]
 fn keys_generate_writes_owner_only_secret_and_never_overwrites() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("linkage.key");

@@ -653,3 +653,71 @@ async fn a_missing_source_is_named_and_the_other_tables_are_still_served() {
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn linkage_tokens_go_to_the_coordinator_only_and_cover_exactly_the_published_persons() {
+    let region = Region::start(1_500, 81);
+    let tokens = "SELECT * FROM carrow_linkage_tokens";
+
+    // Without the linkage header the table does not exist, even for the coordinator.
+    let mut coordinator = region.coordinator("council").await;
+    let err = query(&mut coordinator, tokens).await.unwrap_err();
+    assert!(
+        err.contains("publishes no table carrow_linkage_tokens"),
+        "{err}"
+    );
+    // With it, an operator is refused, by rule, and the refusal is logged.
+    let mut operator = region.operator("council").await;
+    operator.set_header("x-carrow-linkage", "1");
+    let err = query(&mut operator, tokens).await.unwrap_err();
+    assert!(
+        err.contains("refused by rule `linkage tokens: coordinator only`"),
+        "{err}"
+    );
+    assert!(
+        audit_lines(&region.root.join("council/audit.jsonl"))
+            .iter()
+            .any(|l| l.contains("linkage tokens: coordinator only")),
+    );
+
+    // The coordinator gets one row per distinct identity: pid and keyed
+    // field tokens, nothing else, and no opted-out person.
+    coordinator.set_header("x-carrow-linkage", "1");
+    let batches = query(&mut coordinator, tokens).await.unwrap();
+    let schema = batches[0].schema();
+    assert_eq!(schema.field(0).name(), "pid");
+    for field in schema.fields().iter().skip(1) {
+        let token = match field.data_type() {
+            DataType::List(item) => item.data_type().clone(),
+            other => other.clone(),
+        };
+        assert_eq!(token, DataType::FixedSizeBinary(16), "{}", field.name());
+    }
+    assert_eq!(schema.fields().len(), 14);
+    let token_pids = pids(&batches);
+    let mut operator = region.operator("council").await;
+    let mut published = pids(
+        &query(&mut operator, "SELECT pid FROM clients")
+            .await
+            .unwrap(),
+    );
+    published.extend(pids(
+        &query(&mut operator, "SELECT pid FROM care_packages")
+            .await
+            .unwrap(),
+    ));
+    assert_eq!(
+        token_pids, published,
+        "tokens cover exactly the persons the node publishes"
+    );
+    // Opted-out people's NHS-number pids are absent.
+    let tokeniser = region.tokeniser("demo");
+    for (nhs, _, opted_out) in region.people() {
+        let Some(n) = carrow_linkage::normalise::nhs_number(&nhs) else {
+            continue;
+        };
+        if opted_out {
+            assert!(!token_pids.contains(tokeniser.nhs_number_token(&n).as_slice()));
+        }
+    }
+}

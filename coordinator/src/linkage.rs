@@ -1,0 +1,224 @@
+//! The linkage stage: per project, the coordinator fetches every node's
+//! linkage token table, links records (deterministic rules, then
+//! Fellegi-Sunter scoring) and maps each `pid` to a person key, so a
+//! cross-organisation join links the same person whatever identifiers each
+//! side held. The index is rebuilt only when a node's tokens change.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use carrow_linkage::fields::{Field, FieldTokens};
+use carrow_linkage::matching::{LinkOptions, LinkRecord, LinkReport, link};
+use carrow_linkage::{TOKEN_LEN, Token};
+use carrow_sql::QueryError;
+use datafusion::arrow::array::{
+    Array, ArrayRef, FixedSizeBinaryArray, FixedSizeBinaryBuilder, ListArray, RecordBatch,
+};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::error::{DataFusionError, Result};
+
+use crate::config::CoordinatorConfig;
+use crate::remote::NodeClient;
+
+/// Builds the index of `project` for the nodes of `config`, outside a
+/// running coordinator (for `carrow link report`).
+pub async fn build_for(
+    config: &CoordinatorConfig,
+    project: &str,
+) -> Result<Arc<LinkageIndex>, QueryError> {
+    let mut nodes = Vec::new();
+    for endpoint in &config.nodes {
+        let token = std::fs::read_to_string(&endpoint.token_file).map_err(|e| {
+            QueryError::Invalid(format!(
+                "cannot read node token file {}: {e}",
+                endpoint.token_file.display()
+            ))
+        })?;
+        nodes.push(Arc::new(NodeClient::new(
+            endpoint,
+            token.trim().to_string(),
+            std::time::Duration::from_millis(config.connect_timeout_ms),
+            std::time::Duration::from_millis(config.query_timeout_ms),
+        )));
+    }
+    build(&nodes, project, None).await
+}
+
+/// One project's person keys.
+#[derive(Debug)]
+pub struct LinkageIndex {
+    /// pid to person key, for every pid whose key differs from it.
+    keys: HashMap<Token, Token>,
+    /// What linkage did, per rule, with the estimated weights.
+    pub report: LinkReport,
+    /// Nodes whose tokens were missing (unreachable): their records link
+    /// on pid only until the next rebuild.
+    pub missing_nodes: Vec<String>,
+    fingerprint: u64,
+}
+
+impl LinkageIndex {
+    /// The person key of `pid`.
+    pub fn key(&self, pid: &Token) -> Token {
+        self.keys.get(pid).copied().unwrap_or(*pid)
+    }
+
+    /// `batch` with every pid column (`FixedSizeBinary(16)`) mapped to person keys.
+    pub fn map_batch(&self, batch: RecordBatch) -> Result<RecordBatch> {
+        if self.keys.is_empty() {
+            return Ok(batch);
+        }
+        let columns: Vec<ArrayRef> = batch
+            .columns()
+            .iter()
+            .map(|column| match column.data_type() {
+                DataType::FixedSizeBinary(n) if *n as usize == TOKEN_LEN => self.map_column(column),
+                _ => Ok(column.clone()),
+            })
+            .collect::<Result<_>>()?;
+        Ok(RecordBatch::try_new(batch.schema(), columns)?)
+    }
+
+    fn map_column(&self, column: &ArrayRef) -> Result<ArrayRef> {
+        let pids = column
+            .as_any()
+            .downcast_ref::<FixedSizeBinaryArray>()
+            .expect("FixedSizeBinary");
+        let mut out = FixedSizeBinaryBuilder::with_capacity(pids.len(), TOKEN_LEN as i32);
+        for i in 0..pids.len() {
+            if pids.is_null(i) {
+                out.append_null();
+            } else {
+                let mut pid = [0u8; TOKEN_LEN];
+                pid.copy_from_slice(pids.value(i));
+                out.append_value(self.key(&pid))?;
+            }
+        }
+        Ok(std::sync::Arc::new(out.finish()))
+    }
+}
+
+/// Builds the index of `project` from `nodes`, or keeps `previous` when no
+/// node's tokens changed.
+pub async fn build(
+    nodes: &[Arc<NodeClient>],
+    project: &str,
+    previous: Option<Arc<LinkageIndex>>,
+) -> Result<Arc<LinkageIndex>, QueryError> {
+    let started = std::time::Instant::now();
+    let mut records = Vec::new();
+    let mut missing_nodes = Vec::new();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for (source, node) in nodes.iter().enumerate() {
+        match node.linkage_tokens(project).await {
+            Ok(batches) => {
+                node.name.hash(&mut hasher);
+                for batch in &batches {
+                    read_records(batch, source as u32, &mut records).map_err(|e| {
+                        QueryError::Internal(format!("node {}: linkage tokens: {e}", node.name))
+                    })?;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(node = %node.name, %project, error = %e, "linkage tokens unavailable; the node's records link on pid only");
+                missing_nodes.push(node.name.clone());
+            }
+        }
+    }
+    for r in &records {
+        r.pid.hash(&mut hasher);
+        r.fields.hash(&mut hasher);
+    }
+    let fingerprint = hasher.finish();
+    if let Some(previous) = previous
+        && previous.fingerprint == fingerprint
+    {
+        tracing::debug!(%project, "linkage tokens unchanged; index kept");
+        return Ok(previous);
+    }
+    tracing::info!(%project, records = records.len(), "linking records across nodes");
+    let linkage = link(&records, &LinkOptions::default(), |step| {
+        tracing::info!(%project, "linkage: {step}");
+    });
+    let mut keys = HashMap::new();
+    for (record, key) in records.iter().zip(&linkage.keys) {
+        if *key != record.pid {
+            keys.insert(record.pid, *key);
+        }
+    }
+    tracing::info!(
+        %project,
+        records = linkage.report.records,
+        persons = linkage.report.persons,
+        by_nhs_number = linkage.report.linked_by_nhs_number,
+        by_name_dob_sex = linkage.report.linked_by_name_dob_sex,
+        by_score = linkage.report.linked_by_score,
+        uncertain_pairs = linkage.report.uncertain_pairs,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "linkage index built"
+    );
+    Ok(Arc::new(LinkageIndex {
+        keys,
+        report: linkage.report,
+        missing_nodes,
+        fingerprint,
+    }))
+}
+
+/// Appends the records of one token table batch.
+fn read_records(batch: &RecordBatch, source: u32, out: &mut Vec<LinkRecord>) -> Result<()> {
+    let token_column = |name: &str| -> Result<&FixedSizeBinaryArray> {
+        batch
+            .column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<FixedSizeBinaryArray>())
+            .ok_or_else(|| DataFusionError::Plan(format!("no token column {name}")))
+    };
+    let list_column = |name: &str| -> Result<&ListArray> {
+        batch
+            .column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<ListArray>())
+            .ok_or_else(|| DataFusionError::Plan(format!("no variant column {name}")))
+    };
+    let token = |a: &FixedSizeBinaryArray, i: usize| -> Option<Token> {
+        (!a.is_null(i)).then(|| {
+            let mut t = [0u8; TOKEN_LEN];
+            t.copy_from_slice(a.value(i));
+            t
+        })
+    };
+    let variants = |a: &ListArray, i: usize| -> Vec<Token> {
+        if a.is_null(i) {
+            return Vec::new();
+        }
+        let values = a.value(i);
+        let values = values
+            .as_any()
+            .downcast_ref::<FixedSizeBinaryArray>()
+            .expect("variants are tokens");
+        (0..values.len()).filter_map(|j| token(values, j)).collect()
+    };
+    let pids = token_column("pid")?;
+    let singles: Vec<(Field, &FixedSizeBinaryArray)> = Field::ALL
+        .iter()
+        .filter(|f| !matches!(f, Field::FamilyVariant | Field::GivenVariant))
+        .map(|f| Ok((*f, token_column(f.name())?)))
+        .collect::<Result<_>>()?;
+    let family = list_column(Field::FamilyVariant.name())?;
+    let given = list_column(Field::GivenVariant.name())?;
+    for i in 0..batch.num_rows() {
+        let Some(pid) = token(pids, i) else { continue };
+        let mut fields = FieldTokens::default();
+        for (field, column) in &singles {
+            fields.set(*field, token(column, i));
+        }
+        fields.family_variants = variants(family, i);
+        fields.given_variants = variants(given, i);
+        out.push(LinkRecord {
+            source,
+            pid,
+            fields,
+        });
+    }
+    Ok(())
+}

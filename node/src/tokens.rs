@@ -1,0 +1,139 @@
+//! The linkage token table: for each person record the node publishes (one
+//! row per distinct identity, opt-outs removed), its `pid` and its field
+//! tokens for the project. Only the coordinator's linkage stage may read
+//! it (a caller with the coordinator role asking with the linkage header);
+//! no user query can, and it is never part of the catalog.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use carrow_linkage::fields::{Field, FieldTokeniser, FieldTokens};
+use carrow_linkage::{Identity, RawIdentity, TOKEN_LEN, Token};
+use datafusion::arrow::array::{
+    Array, ArrayRef, FixedSizeBinaryArray, FixedSizeBinaryBuilder, ListBuilder, RecordBatch,
+    StringArray,
+};
+use datafusion::arrow::datatypes::{DataType, Field as ArrowField, Schema, SchemaRef};
+use datafusion::error::Result;
+use datafusion::prelude::{DataFrame, SessionContext};
+
+use crate::publish::PublishedTable;
+
+/// Name of the token table in a linkage session.
+pub const TOKEN_TABLE: &str = "carrow_linkage_tokens";
+
+/// The token table's schema: `pid`, one column per field, two variant lists.
+pub fn schema() -> SchemaRef {
+    let token = DataType::FixedSizeBinary(TOKEN_LEN as i32);
+    let mut fields = vec![ArrowField::new("pid", token.clone(), false)];
+    for field in Field::ALL {
+        match field {
+            Field::FamilyVariant | Field::GivenVariant => fields.push(ArrowField::new(
+                field.name(),
+                DataType::List(Arc::new(ArrowField::new("item", token.clone(), true))),
+                true,
+            )),
+            _ => fields.push(ArrowField::new(field.name(), token.clone(), true)),
+        }
+    }
+    Arc::new(Schema::new(fields))
+}
+
+/// Computes the token table of `tables` (their identities) with `tokeniser`.
+pub async fn token_table(
+    tables: &[Arc<PublishedTable>],
+    tokeniser: &FieldTokeniser,
+) -> Result<RecordBatch> {
+    let mut seen: HashSet<(Token, FieldTokens)> = HashSet::new();
+    let mut rows: Vec<(Token, FieldTokens)> = Vec::new();
+    let ctx = SessionContext::new();
+    let today = chrono::Utc::now().date_naive();
+    let mut identity = Identity::default();
+    for table in tables {
+        let Some(plan) = &table.identities else {
+            continue;
+        };
+        let batches = DataFrame::new(ctx.state(), plan.clone()).collect().await?;
+        for batch in batches {
+            let pids = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<FixedSizeBinaryArray>()
+                .expect("pid is FixedSizeBinary(16)");
+            let text: Vec<&StringArray> = (1..7)
+                .map(|i| {
+                    batch
+                        .column(i)
+                        .as_any()
+                        .downcast_ref::<StringArray>()
+                        .expect("identifiers as text")
+                })
+                .collect();
+            for row in 0..batch.num_rows() {
+                if pids.is_null(row) {
+                    continue;
+                }
+                let get = |i: usize| (!text[i].is_null(row)).then(|| text[i].value(row));
+                identity.renormalise(
+                    &RawIdentity {
+                        nhs_number: get(0),
+                        family_name: get(1),
+                        given_name: get(2),
+                        date_of_birth: get(3),
+                        sex: get(4),
+                        postcode: get(5),
+                    },
+                    today,
+                );
+                let mut pid = [0u8; TOKEN_LEN];
+                pid.copy_from_slice(pids.value(row));
+                let entry = (pid, tokeniser.tokens(&identity));
+                if seen.insert(entry.clone()) {
+                    rows.push(entry);
+                }
+            }
+        }
+    }
+    to_batch(&rows)
+}
+
+fn to_batch(rows: &[(Token, FieldTokens)]) -> Result<RecordBatch> {
+    let schema = schema();
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    let mut pid = FixedSizeBinaryBuilder::with_capacity(rows.len(), TOKEN_LEN as i32);
+    for (p, _) in rows {
+        pid.append_value(p)?;
+    }
+    columns.push(Arc::new(pid.finish()));
+    for field in Field::ALL {
+        match field {
+            Field::FamilyVariant | Field::GivenVariant => {
+                let mut list = ListBuilder::new(FixedSizeBinaryBuilder::new(TOKEN_LEN as i32));
+                for (_, tokens) in rows {
+                    let variants = if field == Field::FamilyVariant {
+                        &tokens.family_variants
+                    } else {
+                        &tokens.given_variants
+                    };
+                    for v in variants {
+                        list.values().append_value(v)?;
+                    }
+                    list.append(!variants.is_empty());
+                }
+                columns.push(Arc::new(list.finish()));
+            }
+            _ => {
+                let mut column =
+                    FixedSizeBinaryBuilder::with_capacity(rows.len(), TOKEN_LEN as i32);
+                for (_, tokens) in rows {
+                    match tokens.get(field) {
+                        Some(t) => column.append_value(t)?,
+                        None => column.append_null(),
+                    }
+                }
+                columns.push(Arc::new(column.finish()));
+            }
+        }
+    }
+    Ok(RecordBatch::try_new(schema, columns)?)
+}
