@@ -62,6 +62,9 @@ enum Command {
         /// Keep the generated data in this directory.
         #[arg(long)]
         keep: Option<PathBuf>,
+        /// Instead, time the linkage stage: this many records against as many.
+        #[arg(long)]
+        linkage_records: Option<usize>,
     },
     /// Generate a reproducible synthetic population and three organisations' data.
     Generate {
@@ -279,7 +282,11 @@ fn run(command: Command) -> anyhow::Result<()> {
             repeat,
             seed,
             keep,
+            linkage_records,
         } => {
+            if let Some(n) = linkage_records {
+                return bench::linkage(n, seed);
+            }
             if repeat == 0 {
                 bail!("--repeat must be at least 1");
             }

@@ -87,6 +87,24 @@ pub struct Summary {
     pub council_missing_nhs_number: usize,
 }
 
+/// `n` people of a reproducible population (for linkage benchmarks), with
+/// a second, messier copy of each person's identifiers as another
+/// organisation might hold them: 15% without an NHS number, 8% with a
+/// family-name typo, 5% with a given-name typo, dates in mixed formats.
+pub fn people_and_messy_copies(
+    n: usize,
+    seed: u64,
+) -> (Vec<population::Person>, Vec<[Option<String>; 6]>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let pop = population::generate(&mut rng, n, default_as_of());
+    let copies = pop
+        .people
+        .iter()
+        .map(|p| orgs::messy_identifiers(&mut rng, p))
+        .collect();
+    (pop.people, copies)
+}
+
 /// Generates the population and the three organisations into `opts.out`.
 pub fn generate(opts: &GenerateOptions) -> Result<Summary, SynthError> {
     if opts.people == 0 {

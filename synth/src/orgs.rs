@@ -8,7 +8,7 @@ use rand::Rng;
 use rand::seq::IndexedRandom;
 use rand_chacha::ChaCha8Rng;
 
-use crate::population::{Population, Sex};
+use crate::population::{Person, Population, Sex};
 use crate::table::{Cell, Table};
 
 /// Share of hospital patients whose NHS number is missing.
@@ -393,6 +393,22 @@ pub fn council(rng: &mut ChaCha8Rng, pop: &Population, as_of: NaiveDate) -> Orga
     }
     org.tables = vec![clients, packages, areas];
     org
+}
+
+/// A person's identifiers as a less careful organisation holds them: NHS
+/// number, family name, given name, date of birth, sex, postcode.
+pub fn messy_identifiers(rng: &mut ChaCha8Rng, person: &Person) -> [Option<String>; 6] {
+    [
+        (!rng.random_bool(COUNCIL_MISSING_NHS_SHARE)).then(|| person.nhs_number.clone()),
+        Some(maybe_typo(rng, &person.family_name, 0.08)),
+        Some(maybe_typo(rng, &person.given_name, 0.05)),
+        Some(messy_date(rng, person.date_of_birth)),
+        Some(match person.sex {
+            Sex::Male => "Male".to_string(),
+            Sex::Female => "Female".to_string(),
+        }),
+        Some(person.postcode.clone()),
+    ]
 }
 
 /// The hospital's display format: `943 476 5919`.
