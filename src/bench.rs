@@ -249,8 +249,10 @@ pub fn linkage(records: usize, seed: u64) -> anyhow::Result<()> {
             postcode: c[5].as_deref(),
         })
     });
+    // Which person each record is about (a record without any token is left out).
+    let mut person_of = Vec::with_capacity(2 * records);
     for (source, identities) in [(0u32, clean.collect::<Vec<_>>()), (1, messy.collect())] {
-        for identity in identities {
+        for (person, identity) in identities.into_iter().enumerate() {
             let Some(pid) = tokeniser.pid(&identity, &mut buf) else {
                 continue;
             };
@@ -259,6 +261,7 @@ pub fn linkage(records: usize, seed: u64) -> anyhow::Result<()> {
                 pid,
                 fields: fields.tokens(&identity),
             });
+            person_of.push(person);
         }
     }
     println!(
@@ -286,7 +289,7 @@ pub fn linkage(records: usize, seed: u64) -> anyhow::Result<()> {
     let link_time = started.elapsed();
 
     // Accuracy: record i of each side is person i.
-    let person = |i: usize| if i < records { i } else { i - records };
+    let person = |i: usize| person_of[i];
     let (mut true_links, mut links) = (0u64, 0u64);
     let mut groups: std::collections::HashMap<[u8; 16], (Vec<usize>, Vec<usize>)> =
         std::collections::HashMap::new();

@@ -381,14 +381,14 @@ pub fn link(
     // Each rule, with the comparisons it makes agree (bits: nhs, family,
     // given, dob, sex, postcode).
     type Blocking<'a> = (&'a dyn Fn(&FieldTokens) -> Option<Vec<Token>>, u8);
+    // Each key pairs two fields, so one wrong field still leaves the pair
+    // another key; none is as coarse as date of birth alone, which at a
+    // million records puts dozens of strangers in every block.
     let blockings: [Blocking; 4] = [
-        (&|f| Some(vec![f.dob?, f.sex?]), 0b011000),
         (&|f| Some(vec![f.dob?, f.postcode?]), 0b101000),
-        (&|f| Some(vec![f.family?, f.given?]), 0b000110),
-        (
-            &|f| Some(vec![f.family_phonetic?, f.dob_year?, f.postcode?]),
-            0b101010,
-        ),
+        (&|f| Some(vec![f.family?, f.dob?]), 0b001010),
+        (&|f| Some(vec![f.given?, f.dob?]), 0b001100),
+        (&|f| Some(vec![f.family?, f.given?, f.sector?]), 0b100110),
     ];
     let mut sessions: Vec<(u8, HashMap<Pattern, u64>)> = Vec::new();
     for (blocking, fixed) in blockings {

@@ -9,7 +9,7 @@ use carrow_governance::AuditLog;
 use carrow_linkage::fields::FieldTokeniser;
 use carrow_linkage::{LinkageSecret, Tokeniser};
 use carrow_sql::{Backend, Caller, QueryError, QueryScope, Released, RequestMeta, Stage};
-use datafusion::arrow::array::Array;
+use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::arrow::util::display::array_value_to_string;
 use datafusion::datasource::TableProvider;
 use datafusion::error::DataFusionError;
@@ -39,6 +39,8 @@ pub struct NodeState {
     names: Names,
     /// Field tokenisers per project, for the linkage token table.
     field_tokenisers: HashMap<String, FieldTokeniser>,
+    /// Token tables per project, with the source file times they were made from.
+    token_tables: std::sync::Mutex<HashMap<String, (Vec<std::time::SystemTime>, RecordBatch)>>,
 }
 
 impl std::fmt::Debug for NodeState {
@@ -143,6 +145,7 @@ impl NodeState {
             metadata,
             names,
             field_tokenisers,
+            token_tables: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -212,13 +215,26 @@ impl NodeState {
             .field_tokenisers
             .get(project)
             .ok_or_else(|| QueryError::NotFound(format!("no project {project}")))?;
-        let tables = self.projects.get(project).cloned().unwrap_or_default();
-        let batch = tokens::token_table(&tables, tokeniser).await.map_err(|e| {
-            QueryError::Internal(format!(
-                "building the linkage token table: {}",
-                e.find_root()
-            ))
-        })?;
+        let batch = match self.cached_token_table(project) {
+            Some(batch) => batch,
+            None => {
+                let tables = self.projects.get(project).cloned().unwrap_or_default();
+                let batch = tokens::token_table(&tables, tokeniser).await.map_err(|e| {
+                    QueryError::Internal(format!(
+                        "building the linkage token table: {}",
+                        e.find_root()
+                    ))
+                })?;
+                // Kept while every source is a file that has not changed.
+                if let Some(times) = self.source_times() {
+                    self.token_tables
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(project.to_string(), (times, batch.clone()));
+                }
+                batch
+            }
+        };
         let table = datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]])
             .map_err(|e| QueryError::Internal(e.to_string()))?;
         session
@@ -233,6 +249,24 @@ impl NodeState {
                 .collect(),
         );
         Ok(())
+    }
+
+    /// Modification times of every source, or `None` when one has none
+    /// (a database: its tables may change at any time).
+    fn source_times(&self) -> Option<Vec<std::time::SystemTime>> {
+        self.config
+            .sources
+            .values()
+            .map(sources::modified)
+            .collect()
+    }
+
+    /// The token table made before, if no source changed since.
+    fn cached_token_table(&self, project: &str) -> Option<RecordBatch> {
+        let times = self.source_times()?;
+        let cache = self.token_tables.lock().unwrap_or_else(|p| p.into_inner());
+        let (made_from, batch) = cache.get(project)?;
+        (*made_from == times).then(|| batch.clone())
     }
 
     fn record(&self, body: serde_json::Value) -> Option<String> {
