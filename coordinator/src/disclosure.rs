@@ -190,16 +190,14 @@ pub fn control(
         top = carry(node, top, &hidden).map_err(internal)?;
     }
     let visible = plan.schema().fields().len();
-    let node = DisclosureControl::new(
-        top,
-        visible,
+    let release = Release {
         roles,
-        pids.len(),
-        grouping_sets.then_some(group_fields),
+        persons: pids.len(),
+        grouping: grouping_sets.then_some(group_fields),
         rules,
         sink,
-    )
-    .map_err(internal)?;
+    };
+    let node = DisclosureControl::new(top, visible, release).map_err(internal)?;
     Ok(LogicalPlan::Extension(Extension {
         node: Arc::new(node),
     }))
@@ -386,26 +384,27 @@ fn carry(node: &LogicalPlan, input: LogicalPlan, hidden: &[String]) -> Result<Lo
     }
 }
 
+/// How a controlled result is released: what each visible column is, where
+/// the hidden columns are, and the rules. Shared by the logical node and
+/// its operator.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Release {
+    roles: Vec<ColumnRole>,
+    /// Hidden person-count columns follow the visible ones.
+    persons: usize,
+    /// With grouping sets: how many grouping columns the hidden copies hold
+    /// (after the grouping id, after the person counts).
+    grouping: Option<usize>,
+    rules: Rules,
+    sink: ReportSink,
+}
+
 /// The logical node applying disclosure control to its input's rows.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DisclosureControl {
     input: LogicalPlan,
     schema: DFSchemaRef,
-    roles: Vec<ColumnRole>,
-    /// Hidden person-count columns follow the visible ones.
-    persons: usize,
-    /// With grouping sets: how many grouping columns the hidden copies hold.
-    grouping: Option<usize>,
-    rules: RulesKey,
-    sink: ReportSink,
-}
-
-/// [`Rules`] as a hashable, ordered key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd)]
-struct RulesKey {
-    min_persons: u64,
-    round_to: u64,
-    preset: u8,
+    release: Release,
 }
 
 impl PartialOrd for DisclosureControl {
@@ -415,20 +414,12 @@ impl PartialOrd for DisclosureControl {
 }
 
 impl DisclosureControl {
-    fn new(
-        input: LogicalPlan,
-        visible: usize,
-        roles: Vec<ColumnRole>,
-        persons: usize,
-        grouping: Option<usize>,
-        rules: Rules,
-        sink: ReportSink,
-    ) -> Result<Self> {
+    fn new(input: LogicalPlan, visible: usize, release: Release) -> Result<Self> {
         let fields: Vec<_> = input
             .schema()
             .iter()
             .take(visible)
-            .zip(&roles)
+            .zip(&release.roles)
             .map(|((q, f), role)| {
                 let field = match role {
                     ColumnRole::Group => f.as_ref().clone(),
@@ -441,30 +432,8 @@ impl DisclosureControl {
         Ok(Self {
             input,
             schema,
-            roles,
-            persons,
-            grouping,
-            rules: RulesKey {
-                min_persons: rules.min_persons,
-                round_to: rules.round_to,
-                preset: rules.preset as u8,
-            },
-            sink,
+            release,
         })
-    }
-
-    fn rules(&self) -> Rules {
-        let preset = [
-            carrow_governance::Preset::Carrow,
-            carrow_governance::Preset::Datashield,
-            carrow_governance::Preset::Opensafely,
-            carrow_governance::Preset::Pcornet,
-        ][self.rules.preset as usize];
-        Rules {
-            preset,
-            min_persons: self.rules.min_persons,
-            round_to: self.rules.round_to,
-        }
     }
 }
 
@@ -486,7 +455,7 @@ impl UserDefinedLogicalNodeCore for DisclosureControl {
     }
 
     fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "DisclosureControl: {}", self.rules().describe())
+        write!(f, "DisclosureControl: {}", self.release.rules.describe())
     }
 
     fn with_exprs_and_inputs(
@@ -519,8 +488,9 @@ impl ExtensionPlanner for DisclosurePlanner {
             return Ok(None);
         };
         Ok(Some(Arc::new(DisclosureExec::new(
-            control,
             physical_inputs[0].clone(),
+            Arc::new(control.schema.as_arrow().clone()),
+            control.release.clone(),
         ))))
     }
 }
@@ -530,37 +500,12 @@ impl ExtensionPlanner for DisclosurePlanner {
 pub struct DisclosureExec {
     input: Arc<dyn ExecutionPlan>,
     schema: SchemaRef,
-    roles: Vec<ColumnRole>,
-    persons: usize,
-    grouping: Option<usize>,
-    rules: Rules,
-    sink: ReportSink,
+    release: Release,
     properties: Arc<PlanProperties>,
 }
 
 impl DisclosureExec {
-    fn new(control: &DisclosureControl, input: Arc<dyn ExecutionPlan>) -> Self {
-        let schema: SchemaRef = Arc::new(control.schema.as_arrow().clone());
-        Self::with_parts(
-            input,
-            schema,
-            control.roles.clone(),
-            control.persons,
-            control.grouping,
-            control.rules(),
-            control.sink.clone(),
-        )
-    }
-
-    fn with_parts(
-        input: Arc<dyn ExecutionPlan>,
-        schema: SchemaRef,
-        roles: Vec<ColumnRole>,
-        persons: usize,
-        grouping: Option<usize>,
-        rules: Rules,
-        sink: ReportSink,
-    ) -> Self {
+    fn new(input: Arc<dyn ExecutionPlan>, schema: SchemaRef, release: Release) -> Self {
         // The visible columns lead the input's, at the same positions: an
         // order of the input over them (ORDER BY) is the output's order too.
         let visible = schema.fields().len();
@@ -594,11 +539,7 @@ impl DisclosureExec {
         Self {
             input,
             schema,
-            roles,
-            persons,
-            grouping,
-            rules,
-            sink,
+            release,
             properties,
         }
     }
@@ -606,7 +547,7 @@ impl DisclosureExec {
 
 impl DisplayAs for DisclosureExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "DisclosureExec: {}", self.rules.describe())
+        write!(f, "DisclosureExec: {}", self.release.rules.describe())
     }
 }
 
@@ -645,14 +586,10 @@ impl ExecutionPlan for DisclosureExec {
         self: Arc<Self>,
         mut children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(Arc::new(Self::with_parts(
+        Ok(Arc::new(Self::new(
             children.swap_remove(0),
             self.schema.clone(),
-            self.roles.clone(),
-            self.persons,
-            self.grouping,
-            self.rules,
-            self.sink.clone(),
+            self.release.clone(),
         )))
     }
 
@@ -662,22 +599,15 @@ impl ExecutionPlan for DisclosureExec {
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         let input = self.input.execute(partition, context)?;
-        let (schema, roles, persons, grouping, rules, sink) = (
-            self.schema.clone(),
-            self.roles.clone(),
-            self.persons,
-            self.grouping,
-            self.rules,
-            self.sink.clone(),
-        );
+        let (schema, release_as) = (self.schema.clone(), self.release.clone());
         let input_schema = self.input.schema();
         let out = futures::stream::once(async move {
             use futures::TryStreamExt;
             let batches: Vec<RecordBatch> = input.try_collect().await?;
             let all = concat_batches(&input_schema, &batches)?;
-            let (released, report) = release(&all, &schema, &roles, persons, grouping, rules)?;
+            let (released, report) = release(&all, &schema, &release_as)?;
             tracing::info!(rule = %report.rule, rows_suppressed = report.rows_suppressed, totals_suppressed = report.totals_suppressed, cells_suppressed = report.cells_suppressed, "disclosure control applied");
-            sink.set(report);
+            release_as.sink.set(report);
             Ok(released)
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(
@@ -690,14 +620,8 @@ impl ExecutionPlan for DisclosureExec {
 /// Applies the rules to `all` rows: visible columns first, then `persons`
 /// person counts, then (with grouping sets) the grouping id and copies of
 /// the grouping values.
-fn release(
-    all: &RecordBatch,
-    schema: &SchemaRef,
-    roles: &[ColumnRole],
-    persons: usize,
-    grouping: Option<usize>,
-    rules: Rules,
-) -> Result<(RecordBatch, Report)> {
+fn release(all: &RecordBatch, schema: &SchemaRef, how: &Release) -> Result<(RecordBatch, Report)> {
+    let (roles, persons, grouping, rules) = (&how.roles, how.persons, how.grouping, how.rules);
     let visible = roles.len();
     let rows = all.num_rows();
     // The persons behind a row: the fewest any of its pid columns counts.

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::GovernanceError;
 
 /// Named rule sets used by established trusted research environments.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Preset {
     /// Fewer than 10 persons suppressed; counts rounded to the nearest 5.
@@ -25,7 +25,7 @@ pub enum Preset {
 }
 
 /// The thresholds one result is released under.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Serialize, Deserialize)]
 pub struct Rules {
     /// Where the rules come from.
     pub preset: Preset,

@@ -273,24 +273,25 @@ pub const DEMO_USERS: &[(&str, Role)] = &[
 
 /// A new random password in `path`; returns its argon2id hash.
 fn new_password(path: &Path) -> Result<String, SynthError> {
-    let secret = LinkageSecret::generate()?;
-    secret.write_new(path)?;
-    let text = fs::read_to_string(path).map_err(|source| SynthError::Write {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    carrow_governance::roles::hash_password(text.trim())
+    carrow_governance::roles::hash_password(&new_secret_file(path)?)
         .map_err(|e| SynthError::Password(e.to_string()))
 }
 
+/// A new random machine token in `path`; returns its SHA-256 (hex).
 fn new_token(path: &Path) -> Result<String, SynthError> {
-    let secret = LinkageSecret::generate()?;
-    secret.write_new(path)?;
+    Ok(hex::encode(Sha256::digest(
+        new_secret_file(path)?.as_bytes(),
+    )))
+}
+
+/// Writes a new random 256-bit secret (hex, mode 0600) to `path`; returns it.
+fn new_secret_file(path: &Path) -> Result<String, SynthError> {
+    LinkageSecret::generate()?.write_new(path)?;
     let text = fs::read_to_string(path).map_err(|source| SynthError::Write {
         path: path.to_path_buf(),
         source,
     })?;
-    Ok(hex::encode(Sha256::digest(text.trim().as_bytes())))
+    Ok(text.trim().to_string())
 }
 
 fn write_csv(path: &Path, batch: &RecordBatch) -> Result<(), SynthError> {
