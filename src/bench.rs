@@ -120,7 +120,9 @@ async fn run_size(
         started.elapsed().as_secs_f64()
     );
 
-    let cluster = Cluster::start(dir).await?;
+    // The central baseline joins on pid alone, so the federated run does
+    // too: the linkage stage has its own bench (--linkage-records).
+    let cluster = Cluster::start(dir, false).await?;
     let central = central_session(&cluster).await?;
     // Exact answers to compare with the central run: the researcher runs
     // each query under an approved extract request (no disclosure control).

@@ -104,7 +104,7 @@ async fn run_in(dir: &Path, people: usize, seed: u64) -> anyhow::Result<()> {
     );
 
     println!("== starting nodes and the coordinator on loopback");
-    let cluster = Cluster::start(dir).await?;
+    let cluster = Cluster::start(dir, true).await?;
     for node in &cluster.nodes {
         println!(
             "   node {:<8} {}  publishes {:?}",
@@ -222,8 +222,9 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts the nodes and coordinator that `carrow generate` configured in `dir`.
-    pub async fn start(dir: &Path) -> anyhow::Result<Self> {
+    /// Starts the nodes and coordinator that `carrow generate` configured in
+    /// `dir`; `link_records` turns the coordinator's linkage stage on or off.
+    pub async fn start(dir: &Path, link_records: bool) -> anyhow::Result<Self> {
         let mut nodes = Vec::new();
         let mut coordinator_config =
             config::load_coordinator(&dir.join("coordinator/coordinator.toml"))?;
@@ -242,6 +243,7 @@ impl Cluster {
             nodes.push(node);
         }
         coordinator_config.listen = "127.0.0.1:0".into();
+        coordinator_config.link_records = link_records;
         let coordinator = carrow_coordinator::RunningCoordinator::start(coordinator_config).await?;
         Ok(Self { nodes, coordinator })
     }

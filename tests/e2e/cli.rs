@@ -177,3 +177,27 @@ fn linkage_secret_with_wrong_permissions_or_length_is_refused() {
         "the secret must never be printed"
     );
 }
+
+#[test]
+fn carrow_bench_checks_federated_answers_against_the_central_run_and_links_accurately() {
+    // The bench refuses to time answers that differ (exit 1 naming the question).
+    let out = run(&["bench", "--records", "4000", "--repeat", "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains("== summary") && printed.contains("ratio"),
+        "{printed}"
+    );
+    assert_eq!(printed.matches("4000 (").count(), 8, "{printed}");
+
+    let out = run(&["bench", "--linkage-records", "5000"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let f1: f64 = printed
+        .split("F1 ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no F1 in {printed}"));
+    assert!(f1 >= 0.99, "{printed}");
+}
