@@ -361,14 +361,18 @@ pub fn link(
         }
     }
     for members in groups(records, |f| Some((f.family?, f.given?, f.dob?, f.sex?))).into_values() {
+        // Two NHS numbers under one name and birth date are two people: a
+        // record without a number cannot be given to either on these fields
+        // alone, so scoring (postcode and the rest) decides.
+        let numbers: std::collections::HashSet<&Token> = members
+            .iter()
+            .filter_map(|&i| records[i as usize].fields.nhs_number.as_ref())
+            .collect();
+        if numbers.len() > 1 {
+            continue;
+        }
         for w in members.windows(2) {
-            let (a, b) = (
-                &records[w[0] as usize].fields,
-                &records[w[1] as usize].fields,
-            );
-            if same(a.nhs_number.as_ref(), b.nhs_number.as_ref()) != Some(false) {
-                report.linked_by_name_dob_sex += sets.union(w[0], w[1]) as usize;
-            }
+            report.linked_by_name_dob_sex += sets.union(w[0], w[1]) as usize;
         }
     }
     progress(&format!(
@@ -527,6 +531,56 @@ mod tests {
             pid: [pid; 16],
             fields: FieldTokeniser::new(&secret, "p").tokens(&identity),
         }
+    }
+
+    #[test]
+    fn namesakes_born_the_same_day_are_told_apart_by_what_else_they_share() {
+        let a = record(
+            0,
+            1,
+            [
+                Some("9434765919"),
+                Some("Smith"),
+                Some("John"),
+                Some("1950-01-01"),
+                Some("M"),
+                Some("LS1 1AA"),
+            ],
+        );
+        let b = record(
+            0,
+            2,
+            [
+                Some("4010232137"),
+                Some("Smith"),
+                Some("John"),
+                Some("1950-01-01"),
+                Some("M"),
+                Some("LS9 9ZZ"),
+            ],
+        );
+        let c = record(
+            1,
+            3,
+            [
+                None,
+                Some("Smith"),
+                Some("John"),
+                Some("1950-01-01"),
+                Some("M"),
+                Some("LS9 9ZZ"),
+            ],
+        );
+        let linked = link(&[a, b, c], &LinkOptions::default(), |_| {});
+        assert_ne!(
+            linked.keys[0], linked.keys[1],
+            "two NHS numbers, two people"
+        );
+        assert_ne!(
+            linked.keys[0], linked.keys[2],
+            "c does not live where a lives"
+        );
+        assert_eq!(linked.report.linked_by_name_dob_sex, 0);
     }
 
     /// A valid NHS number (modulus 11) made from `seed`.
