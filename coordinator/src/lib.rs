@@ -1,13 +1,16 @@
 //! The Carrow coordinator: one SQL endpoint over every node. It plans
 //! DataFusion SQL across nodes, sends each node the part of the query it can
-//! answer (projections, filters, limits) as SQL, and joins records across
-//! organisations on pseudonyms.
+//! answer as SQL, links records across organisations and joins them on
+//! person keys, and applies governance to what it returns.
 //!
 //! - [`config`]: the coordinator's TOML configuration;
 //! - [`remote`]: nodes as DataFusion tables, and fragments sent to them;
 //! - [`combined`]: union tables over the nodes publishing the same name;
 //! - [`pushdown`]: the rule that sends single-node subtrees to their node whole;
-//! - [`service`]: the Flight SQL backend and the node catalog.
+//! - [`split_aggregate`]: partial aggregates per node under a union;
+//! - [`disclosure`]: disclosure control of planners' results;
+//! - [`linkage`]: the linkage stage mapping pids to person keys;
+//! - [`service`]: the Flight SQL backend, roles, requests and the audit log.
 
 pub mod combined;
 pub mod config;

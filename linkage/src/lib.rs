@@ -1,9 +1,11 @@
 //! Carrow's linkage primitives: identifier normalisation, per-project keys
-//! derived from the linkage secret, and keyed pseudonyms (HMAC-SHA256
-//! truncated to 128 bits) computed row by row or over Arrow arrays.
+//! derived from the linkage secret, keyed pseudonyms (HMAC-SHA256 truncated
+//! to 128 bits) computed row by row or over Arrow arrays, field tokens for
+//! probabilistic linkage, and record matching over tokens.
 //!
-//! This crate runs only inside nodes: the linkage secret and raw identifiers
-//! it handles never leave them. It has no DataFusion dependency.
+//! Everything but [`matching`] runs inside nodes: the linkage secret and raw
+//! identifiers it handles never leave them. [`matching`] runs at the
+//! coordinator and sees tokens only. It has no DataFusion dependency.
 
 pub mod batch;
 pub mod fields;
