@@ -245,9 +245,16 @@ impl NodeClient {
         Ok(client)
     }
 
-    /// Drops the shared connection (the node restarted, or went away).
-    fn forget(&self) {
+    /// After a failed call: the shared connection may be stale (the node
+    /// restarted or went away), so drop it and log in afresh into `client`.
+    async fn reconnect(
+        &self,
+        client: &mut FlightSqlServiceClient<Channel>,
+        context: &FragmentContext,
+    ) -> Result<(), QueryError> {
         *self.session.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *client = self.connect(context).await?;
+        Ok(())
     }
 
     /// The node's linkage token table for `project` (coordinator only).
@@ -274,8 +281,7 @@ impl NodeClient {
         let info = match client.execute(sql.clone(), None).await {
             Ok(info) => info,
             Err(_) => {
-                self.forget();
-                client = self.connect(&context).await?;
+                self.reconnect(&mut client, &context).await?;
                 client.set_header(LINKAGE_HEADER, "1");
                 client
                     .execute(sql, None)
@@ -321,10 +327,8 @@ impl NodeClient {
         };
         let info = match client.get_tables(command.clone()).await {
             Ok(info) => info,
-            // A stale shared connection: log in afresh and ask once more.
             Err(_) => {
-                self.forget();
-                client = self.connect(&context).await?;
+                self.reconnect(&mut client, &context).await?;
                 client
                     .get_tables(command)
                     .await
@@ -386,18 +390,12 @@ impl NodeClient {
         };
         let info = match client.execute(sql.clone(), None).await {
             Ok(info) => info,
-            // The shared connection may be stale (the node restarted or
-            // went away): log in afresh and try once more.
             Err(_) => {
-                self.forget();
-                let retried = match self.connect(&context).await {
-                    Ok(fresh) => {
-                        client = fresh;
-                        client
-                            .execute(sql.clone(), None)
-                            .await
-                            .map_err(|e| failed(e.to_string()))
-                    }
+                let retried = match self.reconnect(&mut client, &context).await {
+                    Ok(()) => client
+                        .execute(sql.clone(), None)
+                        .await
+                        .map_err(|e| failed(e.to_string())),
                     Err(e) => Err(e),
                 };
                 match retried {
