@@ -96,6 +96,23 @@ impl IdentifierColumns {
     }
 }
 
+impl IdentifierColumns {
+    /// Calls `f` with each row's index and normalised identity.
+    pub fn for_each_identity(
+        &self,
+        mut f: impl FnMut(usize, &Identity),
+    ) -> Result<(), LinkageError> {
+        let cols = self.resolve()?;
+        let today = Utc::now().date_naive();
+        let mut identity = Identity::default();
+        for i in 0..cols.len {
+            identity.renormalise(&cols.raw(i), today);
+            f(i, &identity);
+        }
+        Ok(())
+    }
+}
+
 impl<'a> Columns<'a> {
     fn raw(&self, i: usize) -> RawIdentity<'a> {
         let get = |c: usize| self.cols[c].and_then(|col| col.get(i));

@@ -8,13 +8,12 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use carrow_linkage::fields::{Field, FieldTokeniser, FieldTokens};
-use carrow_linkage::{Identity, RawIdentity, TOKEN_LEN, Token};
+use carrow_linkage::{IdentifierColumns, TOKEN_LEN, Token};
 use datafusion::arrow::array::{
     Array, ArrayRef, FixedSizeBinaryArray, FixedSizeBinaryBuilder, ListBuilder, RecordBatch,
-    StringArray,
 };
 use datafusion::arrow::datatypes::{DataType, Field as ArrowField, Schema, SchemaRef};
-use datafusion::error::Result;
+use datafusion::error::{DataFusionError, Result};
 use datafusion::prelude::{DataFrame, SessionContext};
 
 use crate::publish::PublishedTable;
@@ -47,8 +46,6 @@ pub async fn token_table(
     let mut seen: HashSet<(Token, FieldTokens)> = HashSet::new();
     let mut rows: Vec<(Token, FieldTokens)> = Vec::new();
     let ctx = SessionContext::new();
-    let today = chrono::Utc::now().date_naive();
-    let mut identity = Identity::default();
     for table in tables {
         let Some(plan) = &table.identities else {
             continue;
@@ -60,38 +57,28 @@ pub async fn token_table(
                 .as_any()
                 .downcast_ref::<FixedSizeBinaryArray>()
                 .expect("pid is FixedSizeBinary(16)");
-            let text: Vec<&StringArray> = (1..7)
-                .map(|i| {
-                    batch
-                        .column(i)
-                        .as_any()
-                        .downcast_ref::<StringArray>()
-                        .expect("identifiers as text")
+            // Columns 1 to 6 are the identifiers in IDENTITY_KINDS order.
+            let identifiers = IdentifierColumns {
+                nhs_number: Some(batch.column(1).clone()),
+                family_name: Some(batch.column(2).clone()),
+                given_name: Some(batch.column(3).clone()),
+                date_of_birth: Some(batch.column(4).clone()),
+                sex: Some(batch.column(5).clone()),
+                postcode: Some(batch.column(6).clone()),
+            };
+            identifiers
+                .for_each_identity(|row, identity| {
+                    if pids.is_null(row) {
+                        return;
+                    }
+                    let mut pid = [0u8; TOKEN_LEN];
+                    pid.copy_from_slice(pids.value(row));
+                    let entry = (pid, tokeniser.tokens(identity));
+                    if seen.insert(entry.clone()) {
+                        rows.push(entry);
+                    }
                 })
-                .collect();
-            for row in 0..batch.num_rows() {
-                if pids.is_null(row) {
-                    continue;
-                }
-                let get = |i: usize| (!text[i].is_null(row)).then(|| text[i].value(row));
-                identity.renormalise(
-                    &RawIdentity {
-                        nhs_number: get(0),
-                        family_name: get(1),
-                        given_name: get(2),
-                        date_of_birth: get(3),
-                        sex: get(4),
-                        postcode: get(5),
-                    },
-                    today,
-                );
-                let mut pid = [0u8; TOKEN_LEN];
-                pid.copy_from_slice(pids.value(row));
-                let entry = (pid, tokeniser.tokens(&identity));
-                if seen.insert(entry.clone()) {
-                    rows.push(entry);
-                }
-            }
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
         }
     }
     to_batch(&rows)
