@@ -239,6 +239,7 @@ pub fn linkage(records: usize, seed: u64) -> anyhow::Result<()> {
             date_of_birth: Some(&dob),
             sex: Some(sex),
             postcode: Some(&p.postcode),
+            ..Default::default()
         })
     });
     let messy = copies.iter().map(|c| {
@@ -249,6 +250,7 @@ pub fn linkage(records: usize, seed: u64) -> anyhow::Result<()> {
             date_of_birth: c[3].as_deref(),
             sex: c[4].as_deref(),
             postcode: c[5].as_deref(),
+            ..Default::default()
         })
     });
     // Which person each record is about (a record without any token is left out).

@@ -478,6 +478,10 @@ fn print_link_report(project: &str, index: &carrow_coordinator::linkage::Linkage
         "  chance two random records match          {:>9.2e}",
         r.estimated_match_share
     );
+    println!("\n  {:<44} {:>9}", "blocking rule", "pairs");
+    for rule in &r.pairs_by_rule {
+        println!("  {:<44} {:>9}", rule.rule, rule.pairs);
+    }
     println!(
         "\n  {:<14} {:<12} {:>9} {:>9} {:>8}",
         "comparison", "level", "m", "u", "weight"

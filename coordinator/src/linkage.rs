@@ -166,20 +166,9 @@ pub async fn build(
     }))
 }
 
-/// Appends the records of one token table batch.
+/// Appends the records of one token table batch. A field column the node
+/// does not send (an older node) counts as missing in every record.
 fn read_records(batch: &RecordBatch, source: u32, out: &mut Vec<LinkRecord>) -> Result<()> {
-    let token_column = |name: &str| -> Result<&FixedSizeBinaryArray> {
-        batch
-            .column_by_name(name)
-            .and_then(|c| c.as_any().downcast_ref::<FixedSizeBinaryArray>())
-            .ok_or_else(|| DataFusionError::Plan(format!("no token column {name}")))
-    };
-    let list_column = |name: &str| -> Result<&ListArray> {
-        batch
-            .column_by_name(name)
-            .and_then(|c| c.as_any().downcast_ref::<ListArray>())
-            .ok_or_else(|| DataFusionError::Plan(format!("no variant column {name}")))
-    };
     let token = |a: &FixedSizeBinaryArray, i: usize| -> Option<Token> {
         (!a.is_null(i)).then(|| {
             let mut t = [0u8; TOKEN_LEN];
@@ -187,33 +176,57 @@ fn read_records(batch: &RecordBatch, source: u32, out: &mut Vec<LinkRecord>) -> 
             t
         })
     };
-    let variants = |a: &ListArray, i: usize| -> Vec<Token> {
-        if a.is_null(i) {
-            return Vec::new();
+    let pids = batch
+        .column_by_name("pid")
+        .and_then(|c| c.as_any().downcast_ref::<FixedSizeBinaryArray>())
+        .ok_or_else(|| DataFusionError::Plan("no token column pid".into()))?;
+    let mut singles: Vec<(Field, &FixedSizeBinaryArray)> = Vec::new();
+    let mut lists: Vec<(Field, &ListArray)> = Vec::new();
+    for field in Field::ALL {
+        let Some(column) = batch.column_by_name(field.name()) else {
+            tracing::warn!(
+                field = field.name(),
+                "token table lacks a field; treated as missing"
+            );
+            continue;
+        };
+        let wrong_type = || {
+            DataFusionError::Plan(format!(
+                "token column {} has type {}",
+                field.name(),
+                column.data_type()
+            ))
+        };
+        if field.is_list() {
+            let list = column.as_any().downcast_ref::<ListArray>();
+            lists.push((field, list.ok_or_else(wrong_type)?));
+        } else {
+            let tokens = column.as_any().downcast_ref::<FixedSizeBinaryArray>();
+            singles.push((field, tokens.ok_or_else(wrong_type)?));
         }
-        let values = a.value(i);
-        let values = values
-            .as_any()
-            .downcast_ref::<FixedSizeBinaryArray>()
-            .expect("variants are tokens");
-        (0..values.len()).filter_map(|j| token(values, j)).collect()
-    };
-    let pids = token_column("pid")?;
-    let singles: Vec<(Field, &FixedSizeBinaryArray)> = Field::ALL
-        .iter()
-        .filter(|f| !matches!(f, Field::FamilyVariant | Field::GivenVariant))
-        .map(|f| Ok((*f, token_column(f.name())?)))
-        .collect::<Result<_>>()?;
-    let family = list_column(Field::FamilyVariant.name())?;
-    let given = list_column(Field::GivenVariant.name())?;
+    }
     for i in 0..batch.num_rows() {
         let Some(pid) = token(pids, i) else { continue };
         let mut fields = FieldTokens::default();
         for (field, column) in &singles {
             fields.set(*field, token(column, i));
         }
-        fields.family_variants = variants(family, i);
-        fields.given_variants = variants(given, i);
+        for (field, column) in &lists {
+            if column.is_null(i) {
+                continue;
+            }
+            let values = column.value(i);
+            let values = values
+                .as_any()
+                .downcast_ref::<FixedSizeBinaryArray>()
+                .ok_or_else(|| {
+                    DataFusionError::Plan(format!("token list {} holds no tokens", field.name()))
+                })?;
+            fields.set_list(
+                *field,
+                (0..values.len()).filter_map(|j| token(values, j)).collect(),
+            );
+        }
         out.push(LinkRecord {
             source,
             pid,

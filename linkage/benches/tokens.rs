@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use arrow_array::{ArrayRef, StringArray};
 use carrow_linkage::normalise::nhs_check_digit;
-use carrow_linkage::{IdentifierColumns, KeyedHasher, LinkageSecret, TokenKind, Tokeniser};
+use carrow_linkage::{
+    IdentifierColumns, IdentifierKind, KeyedHasher, LinkageSecret, TokenKind, Tokeniser,
+};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 const ROWS: usize = 100_000;
@@ -34,18 +36,26 @@ fn names() -> IdentifierColumns {
     const GIVEN: [&str; 8] = [
         "Alice", "Mohammed", "José", "Olivia", "Jack", "Amelia", "Noah", "Isla",
     ];
-    let col = |f: &dyn Fn(usize) -> String| -> Option<ArrayRef> {
-        Some(Arc::new(StringArray::from_iter_values((0..ROWS).map(f))))
+    let col = |f: &dyn Fn(usize) -> String| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values((0..ROWS).map(f)))
     };
-    IdentifierColumns {
-        family_name: col(&|i| FAMILY[i % 8].to_string()),
-        given_name: col(&|i| GIVEN[(i / 8) % 8].to_string()),
-        date_of_birth: col(&|i| {
-            format!("19{:02}-{:02}-{:02}", 20 + i % 80, 1 + i % 12, 1 + i % 28)
-        }),
-        sex: col(&|i| if i % 2 == 0 { "F" } else { "M" }.to_string()),
-        ..Default::default()
-    }
+    IdentifierColumns::default()
+        .with(
+            IdentifierKind::FamilyName,
+            col(&|i| FAMILY[i % 8].to_string()),
+        )
+        .with(
+            IdentifierKind::GivenName,
+            col(&|i| GIVEN[(i / 8) % 8].to_string()),
+        )
+        .with(
+            IdentifierKind::DateOfBirth,
+            col(&|i| format!("19{:02}-{:02}-{:02}", 20 + i % 80, 1 + i % 12, 1 + i % 28)),
+        )
+        .with(
+            IdentifierKind::Sex,
+            col(&|i| if i % 2 == 0 { "F" } else { "M" }.to_string()),
+        )
 }
 
 fn bench(c: &mut Criterion) {

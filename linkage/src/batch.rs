@@ -8,8 +8,9 @@ use arrow_schema::DataType;
 use chrono::Utc;
 
 use crate::LinkageError;
+use crate::identity::{IdentifierKind, Identity, RawIdentity};
 use crate::normalise;
-use crate::token::{Identity, RawIdentity, TOKEN_LEN, TokenKind, Tokeniser};
+use crate::token::{TOKEN_LEN, TokenKind, Tokeniser};
 
 /// The Arrow type of a token column.
 pub fn token_data_type() -> DataType {
@@ -49,54 +50,52 @@ impl<'a> StrColumn<'a> {
 /// The identifier columns of a batch, by kind; any may be absent.
 #[derive(Default, Clone)]
 pub struct IdentifierColumns {
-    pub nhs_number: Option<ArrayRef>,
-    pub family_name: Option<ArrayRef>,
-    pub given_name: Option<ArrayRef>,
-    pub date_of_birth: Option<ArrayRef>,
-    pub sex: Option<ArrayRef>,
-    pub postcode: Option<ArrayRef>,
+    columns: [Option<ArrayRef>; IdentifierKind::ALL.len()],
 }
 
 struct Columns<'a> {
     len: usize,
-    cols: [Option<StrColumn<'a>>; 6],
+    cols: [Option<StrColumn<'a>>; IdentifierKind::ALL.len()],
 }
 
 impl IdentifierColumns {
+    /// These columns with `array` as the column of `kind`.
+    pub fn with(mut self, kind: IdentifierKind, array: ArrayRef) -> Self {
+        self.columns[kind.index()] = Some(array);
+        self
+    }
+
+    /// The column of `kind`, if any.
+    pub fn get(&self, kind: IdentifierKind) -> Option<&ArrayRef> {
+        self.columns[kind.index()].as_ref()
+    }
+
     fn resolve(&self) -> Result<Columns<'_>, LinkageError> {
-        let named = [
-            ("nhs_number", &self.nhs_number),
-            ("family_name", &self.family_name),
-            ("given_name", &self.given_name),
-            ("date_of_birth", &self.date_of_birth),
-            ("sex", &self.sex),
-            ("postcode", &self.postcode),
-        ];
         let mut len = None;
-        let mut cols = [None; 6];
-        for (slot, (name, array)) in cols.iter_mut().zip(named) {
-            let Some(array) = array else { continue };
+        let mut cols = [None; IdentifierKind::ALL.len()];
+        for (slot, kind) in cols.iter_mut().zip(IdentifierKind::ALL) {
+            let Some(array) = self.get(kind) else {
+                continue;
+            };
             match len {
                 None => len = Some(array.len()),
                 Some(n) if n != array.len() => {
                     return Err(LinkageError::LengthMismatch {
-                        column: name.to_string(),
+                        column: kind.name().to_string(),
                         expected: n,
                         found: array.len(),
                     });
                 }
                 Some(_) => {}
             }
-            *slot = Some(StrColumn::new(name, array.as_ref())?);
+            *slot = Some(StrColumn::new(kind.name(), array.as_ref())?);
         }
         Ok(Columns {
             len: len.unwrap_or(0),
             cols,
         })
     }
-}
 
-impl IdentifierColumns {
     /// Calls `f` with each row's index and normalised identity.
     pub fn for_each_identity(
         &self,
@@ -115,15 +114,13 @@ impl IdentifierColumns {
 
 impl<'a> Columns<'a> {
     fn raw(&self, i: usize) -> RawIdentity<'a> {
-        let get = |c: usize| self.cols[c].and_then(|col| col.get(i));
-        RawIdentity {
-            nhs_number: get(0),
-            family_name: get(1),
-            given_name: get(2),
-            date_of_birth: get(3),
-            sex: get(4),
-            postcode: get(5),
+        let mut raw = RawIdentity::default();
+        for (col, kind) in self.cols.iter().zip(IdentifierKind::ALL) {
+            if let Some(col) = col {
+                raw.set(kind, col.get(i));
+            }
         }
+        raw
     }
 }
 
@@ -135,7 +132,7 @@ impl Tokeniser {
         columns: &IdentifierColumns,
     ) -> Result<FixedSizeBinaryArray, LinkageError> {
         if kind == TokenKind::NhsNumber
-            && let Some(nhs) = &columns.nhs_number
+            && let Some(nhs) = columns.get(IdentifierKind::NhsNumber)
         {
             return self.nhs_number_array(nhs);
         }
@@ -242,34 +239,35 @@ mod tests {
     #[test]
     fn pid_array_falls_back_to_names_and_matches_row_api() {
         let t = tokeniser();
-        let cols = IdentifierColumns {
-            nhs_number: Some(Arc::new(StringArray::from(vec![
-                Some("9434765919"),
-                None,
-                None,
-            ]))),
-            family_name: Some(Arc::new(StringViewArray::from(vec![
-                Some("Smith"),
-                Some("Jones"),
-                Some("Brown"),
-            ]))),
-            given_name: Some(Arc::new(StringArray::from(vec![
-                Some("Alice"),
-                Some("Bob"),
-                None,
-            ]))),
-            date_of_birth: Some(Arc::new(StringArray::from(vec![
-                Some("1950-02-03"),
-                Some("01/01/1960"),
-                Some("1970-01-01"),
-            ]))),
-            sex: Some(Arc::new(StringArray::from(vec![
-                Some("F"),
-                Some("1"),
-                Some("2"),
-            ]))),
-            postcode: None,
-        };
+        let cols = IdentifierColumns::default()
+            .with(
+                IdentifierKind::NhsNumber,
+                Arc::new(StringArray::from(vec![Some("9434765919"), None, None])),
+            )
+            .with(
+                IdentifierKind::FamilyName,
+                Arc::new(StringViewArray::from(vec![
+                    Some("Smith"),
+                    Some("Jones"),
+                    Some("Brown"),
+                ])),
+            )
+            .with(
+                IdentifierKind::GivenName,
+                Arc::new(StringArray::from(vec![Some("Alice"), Some("Bob"), None])),
+            )
+            .with(
+                IdentifierKind::DateOfBirth,
+                Arc::new(StringArray::from(vec![
+                    Some("1950-02-03"),
+                    Some("01/01/1960"),
+                    Some("1970-01-01"),
+                ])),
+            )
+            .with(
+                IdentifierKind::Sex,
+                Arc::new(StringArray::from(vec![Some("F"), Some("1"), Some("2")])),
+            );
         let out = t.pid_array(&cols).unwrap();
         let mut buf = Vec::new();
         let bob = Identity::normalise(&RawIdentity {
@@ -292,17 +290,16 @@ mod tests {
     #[test]
     fn rejects_non_string_columns_and_mismatched_lengths() {
         let t = tokeniser();
-        let cols = IdentifierColumns {
-            sex: Some(Arc::new(Int32Array::from(vec![1]))),
-            ..Default::default()
-        };
+        let cols = IdentifierColumns::default()
+            .with(IdentifierKind::Sex, Arc::new(Int32Array::from(vec![1])));
         let err = t.pid_array(&cols).unwrap_err().to_string();
         assert!(err.contains("sex") && err.contains("Int32"), "{err}");
-        let cols = IdentifierColumns {
-            family_name: Some(Arc::new(StringArray::from(vec!["A", "B"]))),
-            sex: Some(Arc::new(StringArray::from(vec!["F"]))),
-            ..Default::default()
-        };
+        let cols = IdentifierColumns::default()
+            .with(
+                IdentifierKind::FamilyName,
+                Arc::new(StringArray::from(vec!["A", "B"])),
+            )
+            .with(IdentifierKind::Sex, Arc::new(StringArray::from(vec!["F"])));
         let err = t.pid_array(&cols).unwrap_err().to_string();
         assert!(err.contains("sex"), "{err}");
     }

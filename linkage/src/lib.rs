@@ -8,7 +8,9 @@
 //! coordinator and sees tokens only. It has no DataFusion dependency.
 
 pub mod batch;
+pub mod blocking;
 pub mod fields;
+pub mod identity;
 pub mod keys;
 pub mod matching;
 pub mod normalise;
@@ -19,9 +21,10 @@ pub mod token;
 use std::path::PathBuf;
 
 pub use batch::{IdentifierColumns, token_data_type};
+pub use identity::{IdentifierKind, Identity, RawIdentity};
 pub use keys::KeyedHasher;
 pub use secret::LinkageSecret;
-pub use token::{Identity, RawIdentity, TOKEN_LEN, Token, TokenKind, Tokeniser};
+pub use token::{TOKEN_LEN, Token, TokenKind, Tokeniser};
 
 /// Errors of the linkage crate. None carries secret material or identifiers.
 #[derive(Debug, thiserror::Error)]

@@ -4,11 +4,12 @@
 //! by expectation-maximisation, as Splink does on plaintext. Every record
 //! gets a person key: the smallest `pid` of the records linked to it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
-use crate::fields::{Field, FieldTokens, share_variant};
+use crate::blocking::{BLOCKING_RULES, BlockKey, BlockingRule};
+use crate::fields::{Field, FieldTokens, share_variant, shared};
 use crate::token::Token;
 
 /// One record to link: where it came from, its `pid` and its field tokens.
@@ -53,10 +54,14 @@ struct Comparison {
     levels: &'static [&'static str],
 }
 
-const COMPARISONS: [Comparison; 6] = [
+const COMPARISONS: [Comparison; 9] = [
     Comparison {
         name: "nhs_number",
         levels: &["agree", "disagree", "missing"],
+    },
+    Comparison {
+        name: "national_id",
+        levels: &["exact", "one edit", "disagree", "missing"],
     },
     Comparison {
         name: "family",
@@ -68,7 +73,7 @@ const COMPARISONS: [Comparison; 6] = [
     },
     Comparison {
         name: "date_of_birth",
-        levels: &["exact", "year or day", "disagree", "missing"],
+        levels: &["exact", "one digit", "year or day", "disagree", "missing"],
     },
     Comparison {
         name: "sex",
@@ -76,68 +81,187 @@ const COMPARISONS: [Comparison; 6] = [
     },
     Comparison {
         name: "postcode",
-        levels: &["exact", "sector", "disagree", "missing"],
+        levels: &["exact", "one edit", "sector", "disagree", "missing"],
+    },
+    Comparison {
+        name: "address",
+        levels: &["all words", "most words", "a word", "disagree", "missing"],
+    },
+    Comparison {
+        name: "locality",
+        levels: &["exact", "one edit", "disagree", "missing"],
     },
 ];
 
+/// Bits of a comparison set, by position in [`COMPARISONS`].
+pub(crate) mod bit {
+    pub const NATIONAL_ID: u16 = 1 << 1;
+    pub const FAMILY: u16 = 1 << 2;
+    pub const GIVEN: u16 = 1 << 3;
+    pub const DOB: u16 = 1 << 4;
+    pub const POSTCODE: u16 = 1 << 6;
+    pub const ADDRESS: u16 = 1 << 7;
+    pub const LOCALITY: u16 = 1 << 8;
+}
+
 /// The agreement pattern of a pair: one level per comparison.
-type Pattern = [u8; 6];
+type Pattern = [u8; COMPARISONS.len()];
 
 fn same(a: Option<&Token>, b: Option<&Token>) -> Option<bool> {
     Some(a? == b?)
 }
 
-fn compare(a: &FieldTokens, b: &FieldTokens) -> Pattern {
-    let nhs = match same(a.get(Field::NhsNumber), b.get(Field::NhsNumber)) {
-        Some(true) => 0,
-        Some(false) => 1,
-        None => 2,
-    };
-    let name = |exact: Field, va: &[Token], vb: &[Token], weaker: Field| match same(
-        a.get(exact),
-        b.get(exact),
-    ) {
+/// Level of a field compared exactly, then by a weaker field (if any); the
+/// levels are exact, [one edit,] [weaker,] disagree, missing.
+fn compare_field(
+    a: &FieldTokens,
+    b: &FieldTokens,
+    exact: Field,
+    variants: Option<Field>,
+    weaker: Option<Field>,
+) -> u8 {
+    let mut level = 0;
+    match same(a.get(exact), b.get(exact)) {
+        None => {
+            return 1 + u8::from(variants.is_some()) + u8::from(weaker.is_some()) + 1;
+        }
+        Some(true) => return 0,
+        Some(false) => {}
+    }
+    if let Some(v) = variants {
+        level += 1;
+        if share_variant(a.list(v), b.list(v)) {
+            return level;
+        }
+    }
+    if let Some(w) = weaker {
+        level += 1;
+        if same(a.get(w), b.get(w)) == Some(true) {
+            return level;
+        }
+    }
+    level + 1
+}
+
+/// Address level: all words shared, at least two thirds, at least one, none.
+fn compare_address(a: &[Token], b: &[Token]) -> u8 {
+    if a.is_empty() || b.is_empty() {
+        return 4;
+    }
+    let common = shared(a, b);
+    let most = a.len().max(b.len());
+    if common == most {
+        0
+    } else if common * 3 >= most * 2 {
+        1
+    } else if common > 0 {
+        2
+    } else {
+        3
+    }
+}
+
+/// Level of one name against another: exact, one edit, `weaker` (the
+/// phonetic code or initial agrees), disagree, missing.
+fn name_level(
+    a: Option<&Token>,
+    a_variants: &[Token],
+    b: Option<&Token>,
+    b_variants: &[Token],
+    weaker: bool,
+) -> u8 {
+    match same(a, b) {
         None => 4,
         Some(true) => 0,
-        Some(false) if share_variant(va, vb) => 1,
-        Some(false) if same(a.get(weaker), b.get(weaker)) == Some(true) => 2,
+        Some(false) if share_variant(a_variants, b_variants) => 1,
+        Some(false) if weaker => 2,
         Some(false) => 3,
-    };
-    let family = name(
-        Field::Family,
-        &a.family_variants,
-        &b.family_variants,
-        Field::FamilyPhonetic,
+    }
+}
+
+/// Family and given name levels, taking the names the other way round
+/// when that agrees better (one record has them in each other's place).
+fn compare_names(a: &FieldTokens, b: &FieldTokens) -> (u8, u8) {
+    let straight = (
+        name_level(
+            a.family.as_ref(),
+            &a.family_variants,
+            b.family.as_ref(),
+            &b.family_variants,
+            same(a.get(Field::FamilyPhonetic), b.get(Field::FamilyPhonetic)) == Some(true),
+        ),
+        name_level(
+            a.given.as_ref(),
+            &a.given_variants,
+            b.given.as_ref(),
+            &b.given_variants,
+            same(a.get(Field::GivenInitial), b.get(Field::GivenInitial)) == Some(true),
+        ),
     );
-    let given = name(
-        Field::Given,
-        &a.given_variants,
-        &b.given_variants,
-        Field::GivenInitial,
+    if straight == (0, 0) {
+        return straight;
+    }
+    let swapped = (
+        name_level(
+            a.family.as_ref(),
+            &a.family_variants,
+            b.given.as_ref(),
+            &b.given_variants,
+            false,
+        ),
+        name_level(
+            a.given.as_ref(),
+            &a.given_variants,
+            b.family.as_ref(),
+            &b.family_variants,
+            false,
+        ),
     );
+    let known = |(f, g): (u8, u8)| f < 4 && g < 4;
+    if known(swapped) && known(straight) && swapped.0 + swapped.1 < straight.0 + straight.1 {
+        swapped
+    } else {
+        straight
+    }
+}
+
+fn compare(a: &FieldTokens, b: &FieldTokens) -> Pattern {
     let dob = match same(a.get(Field::Dob), b.get(Field::Dob)) {
-        None => 3,
+        None => 4,
         Some(true) => 0,
+        Some(false) if share_variant(&a.dob_variants, &b.dob_variants) => 1,
         Some(false)
             if same(a.get(Field::DobYear), b.get(Field::DobYear)) == Some(true)
                 || same(a.get(Field::DobMonthDay), b.get(Field::DobMonthDay)) == Some(true) =>
         {
-            1
+            2
         }
-        Some(false) => 2,
+        Some(false) => 3,
     };
-    let sex = match same(a.get(Field::Sex), b.get(Field::Sex)) {
-        Some(true) => 0,
-        Some(false) => 1,
-        None => 2,
-    };
-    let postcode = match same(a.get(Field::Postcode), b.get(Field::Postcode)) {
-        None => 3,
-        Some(true) => 0,
-        Some(false) if same(a.get(Field::Sector), b.get(Field::Sector)) == Some(true) => 1,
-        Some(false) => 2,
-    };
-    [nhs, family, given, dob, sex, postcode]
+    let (family, given) = compare_names(a, b);
+    [
+        compare_field(a, b, Field::NhsNumber, None, None),
+        compare_field(
+            a,
+            b,
+            Field::NationalId,
+            Some(Field::NationalIdVariant),
+            None,
+        ),
+        family,
+        given,
+        dob,
+        compare_field(a, b, Field::Sex, None, None),
+        compare_field(
+            a,
+            b,
+            Field::Postcode,
+            Some(Field::PostcodeVariant),
+            Some(Field::Sector),
+        ),
+        compare_address(&a.address_words, &b.address_words),
+        compare_field(a, b, Field::Locality, Some(Field::LocalityVariant), None),
+    ]
 }
 
 /// m and u probabilities per comparison level, and the share of matches.
@@ -176,7 +300,7 @@ impl Model {
     }
 
     /// The match probability ignoring the comparisons in the `fixed` bit set.
-    fn probability_without(&self, p: &Pattern, fixed: u8) -> f64 {
+    fn probability_without(&self, p: &Pattern, fixed: u16) -> f64 {
         let (mut m, mut u) = (self.prior, 1.0 - self.prior);
         for (c, &level) in p.iter().enumerate() {
             if fixed & (1 << c) == 0 {
@@ -222,7 +346,7 @@ impl Model {
     /// rule: m of the comparisons the rule does not use, and the share of
     /// matches (u is fixed from random pairs). The rule's own comparisons
     /// agree by construction, so they say nothing here and are left out.
-    fn step(&mut self, patterns: &HashMap<Pattern, u64>, fixed: u8) {
+    fn step(&mut self, patterns: &HashMap<Pattern, u64>, fixed: u16) {
         let mut m_sum: Vec<Vec<f64>> = self.m.iter().map(|l| vec![0.0; l.len()]).collect();
         let (mut matches, mut total) = (0.0, 0.0);
         for (pattern, &count) in patterns {
@@ -266,6 +390,13 @@ pub struct LevelWeight {
     pub weight: f64,
 }
 
+/// How many candidate pairs a blocking rule found.
+#[derive(Debug, Clone, Serialize)]
+pub struct RulePairs {
+    pub rule: &'static str,
+    pub pairs: usize,
+}
+
 /// What linkage did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct LinkReport {
@@ -279,6 +410,8 @@ pub struct LinkReport {
     /// Further records joined by Fellegi-Sunter scoring.
     pub linked_by_score: usize,
     pub candidate_pairs: usize,
+    /// Pairs each blocking rule found (a pair may be found by several).
+    pub pairs_by_rule: Vec<RulePairs>,
     /// Candidate pairs scored within the uncertainty band around the threshold.
     pub uncertain_pairs: usize,
     pub blocks_skipped: usize,
@@ -315,6 +448,22 @@ impl UnionFind {
         self.0[hi as usize] = lo;
         true
     }
+}
+
+/// Groups record indices by their keys under `rule`.
+fn blocks(records: &[LinkRecord], rule: &BlockingRule) -> HashMap<BlockKey, Vec<u32>> {
+    let mut out: HashMap<BlockKey, Vec<u32>> = HashMap::new();
+    let mut keys = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        keys.clear();
+        (rule.keys)(&r.fields, &mut keys);
+        keys.sort_unstable();
+        keys.dedup();
+        for key in &keys {
+            out.entry(*key).or_default().push(i as u32);
+        }
+    }
+    out
 }
 
 /// Groups record indices by a key, skipping records without one.
@@ -364,7 +513,7 @@ pub fn link(
         // Two NHS numbers under one name and birth date are two people: a
         // record without a number cannot be given to either on these fields
         // alone, so scoring (postcode and the rest) decides.
-        let numbers: std::collections::HashSet<&Token> = members
+        let numbers: HashSet<&Token> = members
             .iter()
             .filter_map(|&i| records[i as usize].fields.nhs_number.as_ref())
             .collect();
@@ -380,30 +529,25 @@ pub fn link(
         report.linked_by_nhs_number, report.linked_by_name_dob_sex
     ));
 
-    // Candidate pairs: records sharing a blocking key, across sets.
+    // Candidate pairs: records sharing a blocking key.
     let mut pairs: HashMap<(u32, u32), Pattern> = HashMap::new();
-    // Each rule, with the comparisons it makes agree (bits: nhs, family,
-    // given, dob, sex, postcode).
-    type Blocking<'a> = (&'a dyn Fn(&FieldTokens) -> Option<Vec<Token>>, u8);
-    // Each key pairs two fields, so one wrong field still leaves the pair
-    // another key; none is as coarse as date of birth alone, which at a
-    // million records puts dozens of strangers in every block.
-    let blockings: [Blocking; 4] = [
-        (&|f| Some(vec![f.dob?, f.postcode?]), 0b101000),
-        (&|f| Some(vec![f.family?, f.dob?]), 0b001010),
-        (&|f| Some(vec![f.given?, f.dob?]), 0b001100),
-        (&|f| Some(vec![f.family?, f.given?, f.sector?]), 0b100110),
-    ];
-    let mut sessions: Vec<(u8, HashMap<Pattern, u64>)> = Vec::new();
-    for (blocking, fixed) in blockings {
+    let mut sessions: Vec<(u16, HashMap<Pattern, u64>)> = Vec::new();
+    for rule in BLOCKING_RULES {
         let mut counts: HashMap<Pattern, u64> = HashMap::new();
-        for members in groups(records, blocking).into_values() {
-            if members.len() > options.max_block {
+        let mut seen: HashSet<(u32, u32)> = HashSet::new();
+        let max_block = rule
+            .max_block
+            .map_or(options.max_block, |m| m.min(options.max_block));
+        for members in blocks(records, rule).into_values() {
+            if members.len() > max_block {
                 report.blocks_skipped += 1;
                 continue;
             }
             for (x, &i) in members.iter().enumerate() {
                 for &j in &members[x + 1..] {
+                    if !seen.insert((i, j)) {
+                        continue; // the pair shares several of this rule's keys
+                    }
                     // Every rule trains on all its pairs, seen before or not.
                     let pattern = *pairs.entry((i, j)).or_insert_with(|| {
                         compare(&records[i as usize].fields, &records[j as usize].fields)
@@ -412,7 +556,11 @@ pub fn link(
                 }
             }
         }
-        sessions.push((fixed, counts));
+        report.pairs_by_rule.push(RulePairs {
+            rule: rule.name,
+            pairs: seen.len(),
+        });
+        sessions.push((rule.fixed, counts));
     }
     report.candidate_pairs = pairs.len();
     progress(&format!("{} candidate pairs from blocking", pairs.len()));
@@ -427,7 +575,7 @@ pub fn link(
     // Train on each rule's pairs; a comparison's m is the mean of the
     // estimates from the rules that leave it free.
     let mut m_sums: Vec<Vec<f64>> = model.m.iter().map(|l| vec![0.0; l.len()]).collect();
-    let mut m_counts = [0usize; 6];
+    let mut m_counts = [0usize; COMPARISONS.len()];
     let mut expected_matches: f64 = report.linked_by_nhs_number as f64;
     for (fixed, session) in &sessions {
         if session.is_empty() {
@@ -512,8 +660,8 @@ pub fn link(
 mod tests {
     use super::*;
     use crate::fields::FieldTokeniser;
+    use crate::identity::{Identity, RawIdentity};
     use crate::secret::LinkageSecret;
-    use crate::token::{Identity, RawIdentity};
 
     fn record(source: u32, pid: u8, ids: [Option<&str>; 6]) -> LinkRecord {
         let secret = LinkageSecret::from_bytes([3u8; 32]);
@@ -525,6 +673,7 @@ mod tests {
             date_of_birth: dob,
             sex,
             postcode,
+            ..Default::default()
         });
         LinkRecord {
             source,

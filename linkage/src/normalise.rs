@@ -162,21 +162,26 @@ pub fn name_into(raw: &str, part: NamePart, out: &mut String) -> bool {
 /// stripped and letters that do not decompose (Æ, Ø, ß, Ł ...) spelled out.
 fn fold_to_ascii_letters(word: &str, out: &mut String) {
     for c in word.chars() {
-        if c.is_ascii() {
-            push_ascii_letter(c, out);
-        } else {
-            match c {
-                'æ' | 'Æ' => out.push_str("AE"),
-                'œ' | 'Œ' => out.push_str("OE"),
-                'ø' | 'Ø' => out.push('O'),
-                'ß' => out.push_str("SS"),
-                'ł' | 'Ł' => out.push('L'),
-                'đ' | 'Đ' => out.push('D'),
-                'þ' | 'Þ' => out.push_str("TH"),
-                'ı' => out.push('I'),
-                _ => unicode_normalization::char::decompose_compatible(c, |d| {
-                    push_ascii_letter(d, out)
-                }),
+        fold_char_to_ascii_letters(c, out);
+    }
+}
+
+/// [`fold_to_ascii_letters`] for one character.
+fn fold_char_to_ascii_letters(c: char, out: &mut String) {
+    if c.is_ascii() {
+        push_ascii_letter(c, out);
+    } else {
+        match c {
+            'æ' | 'Æ' => out.push_str("AE"),
+            'œ' | 'Œ' => out.push_str("OE"),
+            'ø' | 'Ø' => out.push('O'),
+            'ß' => out.push_str("SS"),
+            'ł' | 'Ł' => out.push('L'),
+            'đ' | 'Đ' => out.push('D'),
+            'þ' | 'Þ' => out.push_str("TH"),
+            'ı' => out.push('I'),
+            _ => {
+                unicode_normalization::char::decompose_compatible(c, |d| push_ascii_letter(d, out))
             }
         }
     }
@@ -403,6 +408,72 @@ fn is_valid_postcode(p: &[u8]) -> bool {
     inward_ok && outward_ok
 }
 
+/// Normalises another national identifier: letters and digits only, upper
+/// case (separators dropped), 4 to 20 of them, not one repeated character.
+pub fn national_id(raw: &str) -> Option<String> {
+    let compact: String = raw
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    let repeated = compact.bytes().all(|b| Some(b) == compact.bytes().next());
+    ((4..=20).contains(&compact.len()) && !repeated).then_some(compact)
+}
+
+/// Normalises a local record number: trimmed, kept as written (local
+/// numbering may be case-sensitive); at most 128 bytes.
+pub fn local_id(raw: &str) -> Option<String> {
+    let trimmed = raw.trim();
+    (!trimmed.is_empty() && trimmed.len() <= 128).then(|| trimmed.to_string())
+}
+
+/// Normalises a postal code of any country: letters and digits, upper case,
+/// 3 to 10 of them. A valid UK postcode comes out as [`postcode`] gives it.
+pub fn postal_code(raw: &str) -> Option<String> {
+    if let Some(uk) = postcode(raw) {
+        return Some(uk);
+    }
+    let compact: String = raw
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '-')
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    let valid =
+        (3..=10).contains(&compact.len()) && compact.bytes().all(|b| b.is_ascii_alphanumeric());
+    valid.then_some(compact)
+}
+
+/// Normalises address lines: words of upper-case letters and digits (accents
+/// stripped, punctuation splitting words) joined by single spaces.
+pub fn address(raw: &str) -> Option<String> {
+    let mut out = String::with_capacity(raw.len());
+    for word in raw.split(|c: char| !c.is_alphanumeric()) {
+        let start = out.len();
+        if start > 0 {
+            out.push(' ');
+        }
+        for c in word.chars() {
+            if c.is_ascii_digit() {
+                out.push(c);
+            } else {
+                fold_char_to_ascii_letters(c, &mut out);
+            }
+        }
+        if out.len() == start + usize::from(start > 0) {
+            out.truncate(start);
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// Normalises a town, suburb or locality: upper-case letters and digits,
+/// spaces and punctuation dropped (as names), at least two characters.
+pub fn locality(raw: &str) -> Option<String> {
+    let words = address(raw)?;
+    let compact: String = words.chars().filter(|c| *c != ' ').collect();
+    (compact.len() >= 2 && !is_placeholder(&compact)).then_some(compact)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -525,6 +596,28 @@ mod tests {
         assert_eq!(postcode_sector("LS16AB"), Some("LS16"));
         assert_eq!(postcode_sector("EC1A1BB"), Some("EC1A1"));
         assert_eq!(postcode_sector("nonsense"), None);
+    }
+
+    #[test]
+    fn other_identifiers() {
+        assert_eq!(national_id("530 4218").as_deref(), Some("5304218"));
+        assert_eq!(national_id("ab-12-cd").as_deref(), Some("AB12CD"));
+        assert_eq!(national_id("0000000"), None, "placeholder");
+        assert_eq!(national_id("12"), None, "too short");
+        assert_eq!(local_id("  H12345 ").as_deref(), Some("H12345"));
+        assert_eq!(local_id("   "), None);
+        assert_eq!(postal_code("4223").as_deref(), Some("4223"));
+        assert_eq!(postal_code("ls1 6ab").as_deref(), Some("LS16AB"));
+        assert_eq!(postal_code("90210-1234").as_deref(), Some("902101234"));
+        assert_eq!(postal_code("42"), None);
+        assert_eq!(postal_code("4,223"), None);
+        assert_eq!(
+            address(" 12a  Rue de l'Église, Flat 3 ").as_deref(),
+            Some("12A RUE DE L EGLISE FLAT 3")
+        );
+        assert_eq!(address(" ,. "), None);
+        assert_eq!(locality("North  Ryde").as_deref(), Some("NORTHRYDE"));
+        assert_eq!(locality("unknown"), None);
     }
 
     mod properties {

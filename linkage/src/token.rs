@@ -4,10 +4,9 @@
 //! to 128 bits. Each field is preceded by its length as a big-endian `u32`, so
 //! `("AB", "C")` and `("A", "BC")` hash differently.
 
-use chrono::{NaiveDate, Utc};
-
+use crate::identity::Identity;
 use crate::keys::KeyedHasher;
-use crate::normalise::{self, BirthDate, NamePart, NhsNumber, Sex};
+use crate::normalise::{self, NhsNumber};
 use crate::phonetic::soundex;
 use crate::secret::LinkageSecret;
 
@@ -23,6 +22,8 @@ pub type Token = [u8; TOKEN_LEN];
 pub enum TokenKind {
     /// NHS number.
     NhsNumber,
+    /// Another national identifier.
+    NationalId,
     /// Family name, given name, date of birth, sex.
     NameDobSex,
     /// Family name, given-name initial, date of birth, sex.
@@ -31,26 +32,37 @@ pub enum TokenKind {
     NameDobSector,
     /// Soundex of family and given names, date of birth, sex.
     PhoneticDobSex,
+    /// Family name, given name, date of birth (for records without sex).
+    NameDob,
+    /// The node's own record number, scoped to the node: never the same
+    /// token at two nodes, so such records join only through linkage.
+    LocalId,
 }
 
 impl TokenKind {
     /// Every kind, strongest first.
-    pub const ALL: [TokenKind; 5] = [
+    pub const ALL: [TokenKind; 8] = [
         TokenKind::NhsNumber,
+        TokenKind::NationalId,
         TokenKind::NameDobSex,
         TokenKind::NameInitialDobSex,
         TokenKind::NameDobSector,
         TokenKind::PhoneticDobSex,
+        TokenKind::NameDob,
+        TokenKind::LocalId,
     ];
 
     /// The stable name used in key derivation and in published token tables.
     pub fn name(self) -> &'static str {
         match self {
             TokenKind::NhsNumber => "nhs_number",
+            TokenKind::NationalId => "national_id",
             TokenKind::NameDobSex => "name_dob_sex",
             TokenKind::NameInitialDobSex => "name_initial_dob_sex",
             TokenKind::NameDobSector => "name_dob_sector",
             TokenKind::PhoneticDobSex => "phonetic_dob_sex",
+            TokenKind::NameDob => "name_dob",
+            TokenKind::LocalId => "local_id",
         }
     }
 
@@ -60,51 +72,15 @@ impl TokenKind {
     }
 }
 
-/// A person's identifiers after normalisation; absent components are `None`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Identity {
-    pub nhs_number: Option<NhsNumber>,
-    pub family_name: Option<String>,
-    pub given_name: Option<String>,
-    pub date_of_birth: Option<BirthDate>,
-    pub sex: Option<Sex>,
-    pub postcode: Option<String>,
-}
-
-/// Raw identifier values as a source holds them.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RawIdentity<'a> {
-    pub nhs_number: Option<&'a str>,
-    pub family_name: Option<&'a str>,
-    pub given_name: Option<&'a str>,
-    pub date_of_birth: Option<&'a str>,
-    pub sex: Option<&'a str>,
-    pub postcode: Option<&'a str>,
-}
-
 impl Identity {
-    /// Normalises every component of a raw identity.
-    pub fn normalise(raw: &RawIdentity<'_>) -> Self {
-        let mut identity = Self::default();
-        identity.renormalise(raw, Utc::now().date_naive());
-        identity
-    }
-
-    /// Replaces this identity with the normalised `raw`, reusing the name
-    /// buffers; `today` bounds dates of birth.
-    pub fn renormalise(&mut self, raw: &RawIdentity<'_>, today: NaiveDate) {
-        self.nhs_number = raw.nhs_number.and_then(normalise::nhs_number);
-        set_name(&mut self.family_name, raw.family_name, NamePart::Family);
-        set_name(&mut self.given_name, raw.given_name, NamePart::Given);
-        self.date_of_birth = raw
-            .date_of_birth
-            .and_then(|d| normalise::date_of_birth_as_of(d, today));
-        self.sex = raw.sex.and_then(normalise::sex);
-        self.postcode = raw.postcode.and_then(normalise::postcode);
-    }
-
     /// The fields hashed for `kind`, or `None` when a component is missing.
-    pub fn fields(&self, kind: TokenKind) -> Option<TokenFields<'_>> {
+    /// A local id is hashed with `local_scope` (the node), and not at all
+    /// without one.
+    pub fn fields<'a>(
+        &'a self,
+        kind: TokenKind,
+        local_scope: Option<&'a str>,
+    ) -> Option<TokenFields<'a>> {
         let name_dob = || -> Option<(&str, &str, &str)> {
             Some((
                 self.family_name.as_deref()?,
@@ -116,6 +92,12 @@ impl Identity {
             TokenKind::NhsNumber => {
                 TokenFields::one(std::str::from_utf8(self.nhs_number.as_ref()?).ok()?)
             }
+            TokenKind::NationalId => TokenFields::one(self.national_id.as_deref()?),
+            TokenKind::NameDob => {
+                let (f, g, d) = name_dob()?;
+                TokenFields::three(f, g, d)
+            }
+            TokenKind::LocalId => TokenFields::two(local_scope?, self.local_id.as_deref()?),
             TokenKind::NameDobSex => {
                 let (f, g, d) = name_dob()?;
                 TokenFields::four(f, g, d, self.sex?.code())
@@ -138,15 +120,6 @@ impl Identity {
     }
 }
 
-fn set_name(slot: &mut Option<String>, raw: Option<&str>, part: NamePart) {
-    let mut buf = slot.take().unwrap_or_default();
-    if let Some(raw) = raw
-        && normalise::name_into(raw, part, &mut buf)
-    {
-        *slot = Some(buf);
-    }
-}
-
 /// The normalised fields of one token, borrowed where possible.
 #[derive(Debug)]
 pub struct TokenFields<'a> {
@@ -162,6 +135,24 @@ impl<'a> TokenFields<'a> {
             parts: [a, "", "", ""],
             codes: [[0; 4]; 2],
             len: 1,
+            phonetic: false,
+        }
+    }
+
+    fn two(a: &'a str, b: &'a str) -> Self {
+        Self {
+            parts: [a, b, "", ""],
+            codes: [[0; 4]; 2],
+            len: 2,
+            phonetic: false,
+        }
+    }
+
+    fn three(a: &'a str, b: &'a str, c: &'a str) -> Self {
+        Self {
+            parts: [a, b, c, ""],
+            codes: [[0; 4]; 2],
+            len: 3,
             phonetic: false,
         }
     }
@@ -207,7 +198,8 @@ impl<'a> TokenFields<'a> {
 #[derive(Debug, Clone)]
 pub struct Tokeniser {
     project: String,
-    hashers: [KeyedHasher; 5],
+    hashers: [KeyedHasher; 8],
+    local_scope: Option<String>,
 }
 
 impl Tokeniser {
@@ -217,7 +209,16 @@ impl Tokeniser {
         Self {
             project: project.to_string(),
             hashers,
+            local_scope: None,
         }
+    }
+
+    /// Lets records without stronger identifiers take a `pid` from their
+    /// local id, scoped to `scope` (the node's name) so that two nodes'
+    /// numbering never gives the same token.
+    pub fn with_local_scope(mut self, scope: &str) -> Self {
+        self.local_scope = Some(scope.to_string());
+        self
     }
 
     /// The project whose pseudonym domain this tokeniser computes.
@@ -236,7 +237,9 @@ impl Tokeniser {
     /// The token of `kind` for `identity`, if its components are present.
     /// `buf` is scratch space reused across calls.
     pub fn token(&self, kind: TokenKind, identity: &Identity, buf: &mut Vec<u8>) -> Option<Token> {
-        identity.fields(kind)?.encode(buf);
+        identity
+            .fields(kind, self.local_scope.as_deref())?
+            .encode(buf);
         Some(self.token_of_encoded(kind, buf))
     }
 
@@ -259,9 +262,10 @@ impl Tokeniser {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::RawIdentity;
 
     fn tokeniser(project: &str) -> Tokeniser {
-        Tokeniser::new(&LinkageSecret::from_bytes([42; 32]), project)
+        Tokeniser::new(&LinkageSecret::from_bytes([42; 32]), project).with_local_scope("node-a")
     }
 
     fn alice() -> Identity {
@@ -272,6 +276,9 @@ mod tests {
             date_of_birth: Some("03/02/1950"),
             sex: Some("2"),
             postcode: Some("LS1 6AB"),
+            national_id: Some("AB 12 34 56"),
+            local_id: Some("H123"),
+            ..Default::default()
         })
     }
 
@@ -297,6 +304,9 @@ mod tests {
             date_of_birth: Some("1950-02-03"),
             sex: Some("F"),
             postcode: Some("ls16ab"),
+            national_id: Some("ab123456"),
+            local_id: Some(" H123"),
+            ..Default::default()
         });
         for kind in TokenKind::ALL {
             assert_eq!(
@@ -313,25 +323,47 @@ mod tests {
     }
 
     #[test]
-    fn missing_components_yield_no_token() {
+    fn missing_components_yield_no_token_and_pid_falls_back_in_order() {
         let t = tokeniser("p");
         let mut buf = Vec::new();
         let mut id = alice();
         id.nhs_number = None;
         assert_eq!(t.token(TokenKind::NhsNumber, &id, &mut buf), None);
-        assert_eq!(
-            t.pid(&id, &mut buf),
-            t.token(TokenKind::NameDobSex, &id, &mut buf)
-        );
+        let pid_is = |id: &Identity, kind: TokenKind, buf: &mut Vec<u8>| {
+            let expected = t.token(kind, id, buf);
+            assert!(expected.is_some(), "{kind:?}");
+            assert_eq!(t.pid(id, buf), expected, "{kind:?}");
+        };
+        pid_is(&id, TokenKind::NationalId, &mut buf);
+        id.national_id = None;
+        pid_is(&id, TokenKind::NameDobSex, &mut buf);
         id.sex = None;
         assert_eq!(t.token(TokenKind::NameDobSex, &id, &mut buf), None);
-        assert_eq!(
-            t.pid(&id, &mut buf),
-            t.token(TokenKind::NameDobSector, &id, &mut buf)
-        );
+        pid_is(&id, TokenKind::NameDobSector, &mut buf);
         id.postcode = None;
+        pid_is(&id, TokenKind::NameDob, &mut buf);
+        id.given_name = None;
+        assert_eq!(t.token(TokenKind::NameDob, &id, &mut buf), None);
+        pid_is(&id, TokenKind::LocalId, &mut buf);
+        id.local_id = None;
         assert_eq!(t.pid(&id, &mut buf), None);
         assert_eq!(t.pid(&Identity::default(), &mut buf), None);
+    }
+
+    #[test]
+    fn local_ids_are_scoped_to_their_node_and_need_a_scope() {
+        let secret = LinkageSecret::from_bytes([42; 32]);
+        let mut buf = Vec::new();
+        let id = Identity {
+            local_id: Some("H123".into()),
+            ..Default::default()
+        };
+        let unscoped = Tokeniser::new(&secret, "p");
+        assert_eq!(unscoped.pid(&id, &mut buf), None);
+        let a = Tokeniser::new(&secret, "p").with_local_scope("a");
+        let b = Tokeniser::new(&secret, "p").with_local_scope("b");
+        assert!(a.pid(&id, &mut buf).is_some());
+        assert_ne!(a.pid(&id, &mut buf), b.pid(&id, &mut buf));
     }
 
     #[test]

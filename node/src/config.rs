@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use carrow_linkage::IdentifierKind;
 use serde::{Deserialize, Serialize};
 
 use crate::NodeError;
@@ -175,38 +176,69 @@ fn default_true() -> bool {
     true
 }
 
-/// Local column names of a table's person identifiers, by kind.
+/// Local columns of a table's person identifiers, by kind
+/// (`nhs_number = "NHS_NO"`, `address = ["LINE1", "LINE2"]`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IdentifierColumnsConfig {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nhs_number: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub family_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub given_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub date_of_birth: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sex: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub postcode: Option<String>,
-}
+#[serde(transparent)]
+pub struct IdentifierColumnsConfig(pub BTreeMap<IdentifierKind, LocalColumns>);
 
 impl IdentifierColumnsConfig {
-    /// The configured local identifier columns with their kind names.
-    pub fn columns(&self) -> Vec<(&'static str, &str)> {
-        [
-            ("nhs_number", &self.nhs_number),
-            ("family_name", &self.family_name),
-            ("given_name", &self.given_name),
-            ("date_of_birth", &self.date_of_birth),
-            ("sex", &self.sex),
-            ("postcode", &self.postcode),
-        ]
-        .into_iter()
-        .filter_map(|(kind, col)| col.as_deref().map(|c| (kind, c)))
-        .collect()
+    /// The columns declared for `kind`, if any.
+    pub fn get(&self, kind: IdentifierKind) -> Option<&LocalColumns> {
+        self.0.get(&kind)
+    }
+
+    /// Every configured local identifier column with its kind.
+    pub fn columns(&self) -> Vec<(IdentifierKind, &str)> {
+        self.0
+            .iter()
+            .flat_map(|(kind, cols)| cols.names().iter().map(|c| (*kind, c.as_str())))
+            .collect()
+    }
+}
+
+/// One local column, or several whose values are joined with spaces (the
+/// lines of an address).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum LocalColumns {
+    One(String),
+    Several(Vec<String>),
+}
+
+impl LocalColumns {
+    /// The local column names, in order.
+    pub fn names(&self) -> &[String] {
+        match self {
+            LocalColumns::One(c) => std::slice::from_ref(c),
+            LocalColumns::Several(cs) => cs,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for LocalColumns {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = LocalColumns;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a column name or a list of column names")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<LocalColumns, E> {
+                Ok(LocalColumns::One(v.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<LocalColumns, A::Error> {
+                let mut names = Vec::new();
+                while let Some(name) = seq.next_element::<String>()? {
+                    names.push(name);
+                }
+                Ok(LocalColumns::Several(names))
+            }
+        }
+        d.deserialize_any(Visitor)
     }
 }
 
@@ -448,6 +480,14 @@ impl TableConfig {
                 "set exactly one of `source` and `sql`".into(),
             )),
         }
+        for (kind, cols) in &self.identifiers.0 {
+            if cols.names().is_empty() || cols.names().iter().any(|c| c.trim().is_empty()) {
+                out.push((
+                    format!(".identifiers.{}", kind.name()),
+                    "name one or more local columns".into(),
+                ));
+            }
+        }
         let identifiers = self.identifiers.columns();
         if self.personal && identifiers.is_empty() {
             out.push((
@@ -575,6 +615,42 @@ freshness = { as_of = "2026-10-31" }
         let text = EXAMPLE.replace("listen =", "lisen =");
         let err = toml::from_str::<NodeConfig>(&text).unwrap_err().to_string();
         assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn identifier_kinds_take_one_column_or_several_and_unknown_kinds_are_named() {
+        let text = EXAMPLE.replace(
+            r#"identifiers = { nhs_number = "NHS_NO", family_name = "SURNAME" }"#,
+            r#"identifiers = { local_id = "MRN", address = ["LINE1", "LINE2"], postal_code = "ZIP" }"#,
+        );
+        let cfg: NodeConfig = toml::from_str(&text).unwrap();
+        cfg.validate().unwrap();
+        let ids = &cfg.tables[0].identifiers;
+        assert_eq!(
+            ids.get(IdentifierKind::Address).unwrap().names(),
+            ["LINE1", "LINE2"]
+        );
+        assert_eq!(
+            ids.columns(),
+            vec![
+                (IdentifierKind::LocalId, "MRN"),
+                (IdentifierKind::PostalCode, "ZIP"),
+                (IdentifierKind::Address, "LINE1"),
+                (IdentifierKind::Address, "LINE2"),
+            ]
+        );
+        let text = EXAMPLE.replace("nhs_number = \"NHS_NO\"", "nhs = \"NHS_NO\"");
+        let err = toml::from_str::<NodeConfig>(&text).unwrap_err().to_string();
+        assert!(err.contains("nhs") && err.contains("national_id"), "{err}");
+        let text = EXAMPLE.replace("nhs_number = \"NHS_NO\"", "address = []");
+        let cfg: NodeConfig = toml::from_str(&text).unwrap();
+        let NodeError::InvalidConfig(problems) = cfg.validate().unwrap_err() else {
+            panic!("expected InvalidConfig")
+        };
+        assert!(
+            problems.iter().any(|p| p.contains("identifiers.address")),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use carrow_linkage::normalise::{self, NhsNumber};
-use carrow_linkage::{IdentifierColumns, Tokeniser, token_data_type};
+use carrow_linkage::{IdentifierColumns, IdentifierKind, Tokeniser, token_data_type};
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
@@ -17,11 +17,11 @@ use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 
-/// Number of identifier arguments `carrow_pid` takes, in this order:
-/// NHS number, family name, given name, date of birth, sex, postcode.
-pub const PID_ARGS: usize = 6;
+/// Number of identifier arguments `carrow_pid` takes: one per identifier
+/// kind, in `IdentifierKind::ALL` order.
+pub const PID_ARGS: usize = IdentifierKind::ALL.len();
 
-/// `carrow_pid(nhs, family, given, dob, sex, postcode)`: the strongest
+/// `carrow_pid(<one text argument per identifier kind>)`: the strongest
 /// available token of each row, keyed for one project.
 #[derive(Debug)]
 pub struct PidFunction {
@@ -73,14 +73,12 @@ impl ScalarUDFImpl for PidFunction {
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let arrays = to_arrays(args)?;
-        let columns = IdentifierColumns {
-            nhs_number: Some(arrays[0].clone()),
-            family_name: Some(arrays[1].clone()),
-            given_name: Some(arrays[2].clone()),
-            date_of_birth: Some(arrays[3].clone()),
-            sex: Some(arrays[4].clone()),
-            postcode: Some(arrays[5].clone()),
-        };
+        let columns = IdentifierKind::ALL
+            .into_iter()
+            .zip(arrays)
+            .fold(IdentifierColumns::default(), |columns, (kind, array)| {
+                columns.with(kind, array)
+            });
         let pids = self
             .tokeniser
             .pid_array(&columns)

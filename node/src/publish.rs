@@ -21,7 +21,10 @@ use datafusion::logical_expr::{
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{DataFrame, SessionContext};
 
-use crate::config::{ColumnConfig, IdentifierColumnsConfig, PID_COLUMN, TableConfig};
+use carrow_linkage::IdentifierKind;
+use datafusion::functions::string::expr_fn::concat_ws;
+
+use crate::config::{ColumnConfig, IdentifierColumnsConfig, LocalColumns, PID_COLUMN, TableConfig};
 use crate::pid::PID_ARGS;
 
 /// A published table for one project: its plan beneath the boundary.
@@ -37,15 +40,9 @@ pub struct PublishedTable {
     pub identities: Option<LogicalPlan>,
 }
 
-/// The identifier columns of an identities plan, after `pid`, in order.
-pub const IDENTITY_KINDS: [&str; 6] = [
-    "nhs_number",
-    "family_name",
-    "given_name",
-    "date_of_birth",
-    "sex",
-    "postcode",
-];
+/// The identifier columns of an identities plan, after `pid`, in order
+/// (named by kind).
+pub const IDENTITY_KINDS: [IdentifierKind; IdentifierKind::ALL.len()] = IdentifierKind::ALL;
 
 /// Scalar functions a published plan embeds.
 pub struct BoundaryFunctions {
@@ -70,16 +67,24 @@ async fn local_rows(sources: &SessionContext, table: &TableConfig) -> Result<Dat
     }
 }
 
+/// The text of identifier `kind`: its local column as text, its columns
+/// joined by spaces, or null when the table has none.
+fn identifier_text(ids: &IdentifierColumnsConfig, kind: IdentifierKind) -> Expr {
+    match ids.get(kind) {
+        None => lit(ScalarValue::Utf8(None)),
+        Some(LocalColumns::One(c)) => as_text(c),
+        Some(LocalColumns::Several(cs)) => {
+            // concat_ws skips nulls; all-null gives "", which normalises to missing.
+            concat_ws(lit(" "), cs.iter().map(|c| as_text(c)).collect())
+        }
+    }
+}
+
 fn pid_expr(ids: &IdentifierColumnsConfig, functions: &BoundaryFunctions) -> Expr {
-    let arg = |c: &Option<String>| c.as_deref().map_or(lit(ScalarValue::Utf8(None)), as_text);
-    let args = vec![
-        arg(&ids.nhs_number),
-        arg(&ids.family_name),
-        arg(&ids.given_name),
-        arg(&ids.date_of_birth),
-        arg(&ids.sex),
-        arg(&ids.postcode),
-    ];
+    let args: Vec<Expr> = IdentifierKind::ALL
+        .iter()
+        .map(|kind| identifier_text(ids, *kind))
+        .collect();
     debug_assert_eq!(args.len(), PID_ARGS);
     functions.pid.call(args).alias(PID_COLUMN)
 }
@@ -123,28 +128,20 @@ impl PublishedTable {
             let column = as_text(&rule.column);
             df = df.filter(column.clone().is_null().or(column.in_list(values, true)))?;
         }
-        if let (Some(nhs), Some(opted_out)) = (&table.identifiers.nhs_number, &functions.opted_out)
-        {
-            df = df.filter(datafusion::logical_expr::not(
-                opted_out.call(vec![as_text(nhs)]),
-            ))?;
+        if let (Some(_), Some(opted_out)) = (
+            table.identifiers.get(IdentifierKind::NhsNumber),
+            &functions.opted_out,
+        ) {
+            let nhs = identifier_text(&table.identifiers, IdentifierKind::NhsNumber);
+            df = df.filter(datafusion::logical_expr::not(opted_out.call(vec![nhs])))?;
         }
         let identities = if table.personal {
             let mut columns = vec![pid_expr(&table.identifiers, functions)];
-            columns.extend(IDENTITY_KINDS.iter().map(|kind| {
-                let column = match *kind {
-                    "nhs_number" => &table.identifiers.nhs_number,
-                    "family_name" => &table.identifiers.family_name,
-                    "given_name" => &table.identifiers.given_name,
-                    "date_of_birth" => &table.identifiers.date_of_birth,
-                    "sex" => &table.identifiers.sex,
-                    _ => &table.identifiers.postcode,
-                };
-                column
-                    .as_deref()
-                    .map_or(lit(ScalarValue::Utf8(None)), as_text)
-                    .alias(*kind)
-            }));
+            columns.extend(
+                IDENTITY_KINDS
+                    .iter()
+                    .map(|kind| identifier_text(&table.identifiers, *kind).alias(kind.name())),
+            );
             Some(df.clone().select(columns)?.into_unoptimized_plan())
         } else {
             None

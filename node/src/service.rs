@@ -73,7 +73,10 @@ impl NodeState {
         let mut unavailable: Vec<(String, String)> = Vec::new();
         for project in &config.projects {
             let functions = BoundaryFunctions {
-                pid: PidFunction::udf(Arc::new(Tokeniser::new(&secret, project))),
+                // A local id's pid is scoped to this node's name.
+                pid: PidFunction::udf(Arc::new(
+                    Tokeniser::new(&secret, project).with_local_scope(&config.name),
+                )),
                 opted_out: opt_outs.clone().map(OptedOutFunction::udf),
             };
             let mut tables = Vec::new();

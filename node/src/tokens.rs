@@ -16,7 +16,7 @@ use datafusion::arrow::datatypes::{DataType, Field as ArrowField, Schema, Schema
 use datafusion::error::{DataFusionError, Result};
 use datafusion::prelude::{DataFrame, SessionContext};
 
-use crate::publish::PublishedTable;
+use crate::publish::{IDENTITY_KINDS, PublishedTable};
 
 /// Name of the token table in a linkage session.
 pub const TOKEN_TABLE: &str = "carrow_linkage_tokens";
@@ -26,13 +26,14 @@ pub fn schema() -> SchemaRef {
     let token = DataType::FixedSizeBinary(TOKEN_LEN as i32);
     let mut fields = vec![ArrowField::new("pid", token.clone(), false)];
     for field in Field::ALL {
-        match field {
-            Field::FamilyVariant | Field::GivenVariant => fields.push(ArrowField::new(
+        if field.is_list() {
+            fields.push(ArrowField::new(
                 field.name(),
                 DataType::List(Arc::new(ArrowField::new("item", token.clone(), true))),
                 true,
-            )),
-            _ => fields.push(ArrowField::new(field.name(), token.clone(), true)),
+            ));
+        } else {
+            fields.push(ArrowField::new(field.name(), token.clone(), true));
         }
     }
     Arc::new(Schema::new(fields))
@@ -57,15 +58,13 @@ pub async fn token_table(
                 .as_any()
                 .downcast_ref::<FixedSizeBinaryArray>()
                 .expect("pid is FixedSizeBinary(16)");
-            // Columns 1 to 6 are the identifiers in IDENTITY_KINDS order.
-            let identifiers = IdentifierColumns {
-                nhs_number: Some(batch.column(1).clone()),
-                family_name: Some(batch.column(2).clone()),
-                given_name: Some(batch.column(3).clone()),
-                date_of_birth: Some(batch.column(4).clone()),
-                sex: Some(batch.column(5).clone()),
-                postcode: Some(batch.column(6).clone()),
-            };
+            // Columns after pid are the identifiers in IDENTITY_KINDS order.
+            let identifiers = IDENTITY_KINDS
+                .iter()
+                .enumerate()
+                .fold(IdentifierColumns::default(), |ids, (i, kind)| {
+                    ids.with(*kind, batch.column(i + 1).clone())
+                });
             identifiers
                 .for_each_identity(|row, identity| {
                     if pids.is_null(row) {
@@ -93,33 +92,25 @@ fn to_batch(rows: &[(Token, FieldTokens)]) -> Result<RecordBatch> {
     }
     columns.push(Arc::new(pid.finish()));
     for field in Field::ALL {
-        match field {
-            Field::FamilyVariant | Field::GivenVariant => {
-                let mut list = ListBuilder::new(FixedSizeBinaryBuilder::new(TOKEN_LEN as i32));
-                for (_, tokens) in rows {
-                    let variants = if field == Field::FamilyVariant {
-                        &tokens.family_variants
-                    } else {
-                        &tokens.given_variants
-                    };
-                    for v in variants {
-                        list.values().append_value(v)?;
-                    }
-                    list.append(!variants.is_empty());
+        if field.is_list() {
+            let mut list = ListBuilder::new(FixedSizeBinaryBuilder::new(TOKEN_LEN as i32));
+            for (_, tokens) in rows {
+                let values = tokens.list(field);
+                for v in values {
+                    list.values().append_value(v)?;
                 }
-                columns.push(Arc::new(list.finish()));
+                list.append(!values.is_empty());
             }
-            _ => {
-                let mut column =
-                    FixedSizeBinaryBuilder::with_capacity(rows.len(), TOKEN_LEN as i32);
-                for (_, tokens) in rows {
-                    match tokens.get(field) {
-                        Some(t) => column.append_value(t)?,
-                        None => column.append_null(),
-                    }
+            columns.push(Arc::new(list.finish()));
+        } else {
+            let mut column = FixedSizeBinaryBuilder::with_capacity(rows.len(), TOKEN_LEN as i32);
+            for (_, tokens) in rows {
+                match tokens.get(field) {
+                    Some(t) => column.append_value(t)?,
+                    None => column.append_null(),
                 }
-                columns.push(Arc::new(column.finish()));
             }
+            columns.push(Arc::new(column.finish()));
         }
     }
     Ok(RecordBatch::try_new(schema, columns)?)

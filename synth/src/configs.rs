@@ -5,9 +5,10 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use carrow_linkage::IdentifierKind;
 use carrow_node::config::{
     ClientConfig, ClientRole, ColumnConfig, ColumnType, Freshness, IdentifierColumnsConfig,
-    NodeConfig, OptOutRule, SourceConfig, TableConfig,
+    LocalColumns, NodeConfig, OptOutRule, SourceConfig, TableConfig,
 };
 
 /// The project the generated nodes and coordinator use.
@@ -54,14 +55,19 @@ fn identifiers(
     sex: &str,
     postcode: &str,
 ) -> IdentifierColumnsConfig {
-    IdentifierColumnsConfig {
-        nhs_number: Some(nhs.into()),
-        family_name: Some(family.into()),
-        given_name: Some(given.into()),
-        date_of_birth: Some(dob.into()),
-        sex: Some(sex.into()),
-        postcode: Some(postcode.into()),
-    }
+    IdentifierColumnsConfig(
+        [
+            (IdentifierKind::NhsNumber, nhs),
+            (IdentifierKind::FamilyName, family),
+            (IdentifierKind::GivenName, given),
+            (IdentifierKind::DateOfBirth, dob),
+            (IdentifierKind::Sex, sex),
+            (IdentifierKind::Postcode, postcode),
+        ]
+        .into_iter()
+        .map(|(kind, column)| (kind, LocalColumns::One(column.into())))
+        .collect(),
+    )
 }
 
 fn base(org: &str, creds: &NodeCredentials) -> NodeConfig {

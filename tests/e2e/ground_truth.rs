@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
-use carrow_linkage::{IdentifierColumns, LinkageSecret, Tokeniser};
+use carrow_linkage::{IdentifierColumns, IdentifierKind, LinkageSecret, Tokeniser};
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray};
 use datafusion::arrow::compute::{cast, concat_batches};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
@@ -38,14 +38,13 @@ async fn person_table(
         cast(batch.column_by_name(name).unwrap(), &DataType::Utf8).unwrap()
     };
     let [nhs, family, given, dob, sex, postcode] = ids;
-    let identifiers = IdentifierColumns {
-        nhs_number: Some(column(nhs)),
-        family_name: Some(column(family)),
-        given_name: Some(column(given)),
-        date_of_birth: Some(column(dob)),
-        sex: Some(column(sex)),
-        postcode: Some(column(postcode)),
-    };
+    let identifiers = IdentifierColumns::default()
+        .with(IdentifierKind::NhsNumber, column(nhs))
+        .with(IdentifierKind::FamilyName, column(family))
+        .with(IdentifierKind::GivenName, column(given))
+        .with(IdentifierKind::DateOfBirth, column(dob))
+        .with(IdentifierKind::Sex, column(sex))
+        .with(IdentifierKind::Postcode, column(postcode));
     let pid = tokeniser.pid_array(&identifiers).unwrap();
     let numbers = column(nhs);
     let numbers = numbers.as_any().downcast_ref::<StringArray>().unwrap();
@@ -350,4 +349,5 @@ async fn the_demo_answers_equal_the_ground_truth_of_the_generated_data() {
     );
     assert!(count("records linked by match score") > 0, "{report}");
     assert!(report.contains("family         one edit"), "{report}");
+    assert!(count("date of birth and postcode") > 0, "{report}");
 }

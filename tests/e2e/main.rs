@@ -4,6 +4,7 @@
 mod adbc;
 mod cli;
 mod coordinator;
+mod febrl;
 mod governance;
 mod ground_truth;
 mod node;

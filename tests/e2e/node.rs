@@ -693,7 +693,10 @@ async fn linkage_tokens_go_to_the_coordinator_only_and_cover_exactly_the_publish
         };
         assert_eq!(token, DataType::FixedSizeBinary(16), "{}", field.name());
     }
-    assert_eq!(schema.fields().len(), 14);
+    assert_eq!(
+        schema.fields().len(),
+        1 + carrow_linkage::fields::Field::ALL.len()
+    );
     let token_pids = pids(&batches);
     let mut operator = region.operator("council").await;
     let mut published = pids(

