@@ -107,6 +107,15 @@ pub async fn build(
     previous: Option<Arc<LinkageIndex>>,
 ) -> Result<Arc<LinkageIndex>, QueryError> {
     let started = std::time::Instant::now();
+    // Nodes name their token table's version: when no version changed, the
+    // index stands and no table crosses the wire.
+    let versions = token_versions(nodes, project).await;
+    if let (Some(previous), Some(versions)) = (&previous, versions)
+        && previous.fingerprint == versions
+    {
+        tracing::debug!(%project, "linkage token versions unchanged; index kept");
+        return Ok(previous.clone());
+    }
     let mut records = Vec::new();
     let mut missing_nodes = Vec::new();
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -130,7 +139,9 @@ pub async fn build(
         r.pid.hash(&mut hasher);
         r.fields.hash(&mut hasher);
     }
-    let fingerprint = hasher.finish();
+    // Fingerprinted by the versions when every node gave one (older nodes
+    // give none: then by the tokens themselves).
+    let fingerprint = versions.unwrap_or_else(|| hasher.finish());
     if let Some(previous) = previous
         && previous.fingerprint == fingerprint
     {
@@ -164,6 +175,22 @@ pub async fn build(
         missing_nodes,
         fingerprint,
     }))
+}
+
+/// A digest of every node's token-table version, or `None` when a node
+/// gave none (an older node, or one that did not answer).
+async fn token_versions(nodes: &[Arc<NodeClient>], project: &str) -> Option<u64> {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for node in nodes {
+        match node.linkage_version(project).await {
+            Ok(version) => (&node.name, version).hash(&mut hasher),
+            Err(e) => {
+                tracing::debug!(node = %node.name, %project, error = %e, "no linkage token version");
+                return None;
+            }
+        }
+    }
+    Some(hasher.finish())
 }
 
 /// Appends the records of one token table batch. A field column the node

@@ -262,6 +262,36 @@ impl NodeClient {
         &self,
         project: &str,
     ) -> Result<Vec<datafusion::arrow::array::RecordBatch>, QueryError> {
+        self.linkage_query(project, "SELECT * FROM carrow_linkage_tokens")
+            .await
+    }
+
+    /// The version of the node's token table for `project`: it changes
+    /// exactly when the table does.
+    pub async fn linkage_version(&self, project: &str) -> Result<String, QueryError> {
+        let batches = self
+            .linkage_query(project, "SELECT version FROM carrow_linkage_tokens_version")
+            .await?;
+        batches
+            .iter()
+            .find(|b| b.num_rows() > 0)
+            .and_then(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<datafusion::arrow::array::StringArray>()
+                    .map(|a| a.value(0).to_string())
+            })
+            .ok_or_else(|| {
+                QueryError::Unavailable(format!("node {} sent no linkage token version", self.name))
+            })
+    }
+
+    /// Runs `sql` in the node's linkage session for `project`.
+    async fn linkage_query(
+        &self,
+        project: &str,
+        sql: &str,
+    ) -> Result<Vec<datafusion::arrow::array::RecordBatch>, QueryError> {
         let context = FragmentContext {
             project: project.to_string(),
             query_id: "linkage".to_string(),
@@ -277,7 +307,7 @@ impl NodeClient {
         };
         let mut client = self.connect(&context).await?;
         client.set_header(LINKAGE_HEADER, "1");
-        let sql = "SELECT * FROM carrow_linkage_tokens".to_string();
+        let sql = sql.to_string();
         let info = match client.execute(sql.clone(), None).await {
             Ok(info) => info,
             Err(_) => {

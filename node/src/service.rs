@@ -9,7 +9,7 @@ use carrow_governance::AuditLog;
 use carrow_linkage::fields::FieldTokeniser;
 use carrow_linkage::{LinkageSecret, Tokeniser};
 use carrow_sql::{Backend, Caller, QueryError, QueryScope, Released, RequestMeta, Stage};
-use datafusion::arrow::array::{Array, RecordBatch};
+use datafusion::arrow::array::Array;
 use datafusion::arrow::util::display::array_value_to_string;
 use datafusion::datasource::TableProvider;
 use datafusion::error::DataFusionError;
@@ -40,7 +40,8 @@ pub struct NodeState {
     /// Field tokenisers per project, for the linkage token table.
     field_tokenisers: HashMap<String, FieldTokeniser>,
     /// Token tables per project, with the source file times they were made from.
-    token_tables: std::sync::Mutex<HashMap<String, (Vec<std::time::SystemTime>, RecordBatch)>>,
+    token_tables:
+        std::sync::Mutex<HashMap<String, (Vec<std::time::SystemTime>, tokens::TokenTable)>>,
 }
 
 impl std::fmt::Debug for NodeState {
@@ -218,11 +219,11 @@ impl NodeState {
             .field_tokenisers
             .get(project)
             .ok_or_else(|| QueryError::NotFound(format!("no project {project}")))?;
-        let batch = match self.cached_token_table(project) {
-            Some(batch) => batch,
+        let table = match self.cached_token_table(project) {
+            Some(table) => table,
             None => {
                 let tables = self.projects.get(project).cloned().unwrap_or_default();
-                let batch = tokens::token_table(&tables, tokeniser).await.map_err(|e| {
+                let table = tokens::token_table(&tables, tokeniser).await.map_err(|e| {
                     QueryError::Internal(format!(
                         "building the linkage token table: {}",
                         e.find_root()
@@ -233,16 +234,24 @@ impl NodeState {
                     self.token_tables
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .insert(project.to_string(), (times, batch.clone()));
+                        .insert(project.to_string(), (times, table.clone()));
                 }
-                batch
+                table
             }
         };
-        let table = datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]])
+        let version = table
+            .version_batch()
             .map_err(|e| QueryError::Internal(e.to_string()))?;
-        session
-            .register_table(tokens::TOKEN_TABLE, Arc::new(table))
-            .map_err(|e| QueryError::Internal(e.to_string()))?;
+        for (name, batch) in [
+            (tokens::TOKEN_TABLE, table.batch),
+            (tokens::VERSION_TABLE, version),
+        ] {
+            let mem = datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]])
+                .map_err(|e| QueryError::Internal(e.to_string()))?;
+            session
+                .register_table(name, Arc::new(mem))
+                .map_err(|e| QueryError::Internal(e.to_string()))?;
+        }
         recorder.record(
             tokens::TOKEN_TABLE,
             tokens::schema()
@@ -265,7 +274,7 @@ impl NodeState {
     }
 
     /// The token table made before, if no source changed since.
-    fn cached_token_table(&self, project: &str) -> Option<RecordBatch> {
+    fn cached_token_table(&self, project: &str) -> Option<tokens::TokenTable> {
         let times = self.source_times()?;
         let cache = self.token_tables.lock().unwrap_or_else(|p| p.into_inner());
         let (made_from, batch) = cache.get(project)?;

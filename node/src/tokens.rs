@@ -21,6 +21,61 @@ use crate::publish::{IDENTITY_KINDS, PublishedTable};
 /// Name of the token table in a linkage session.
 pub const TOKEN_TABLE: &str = "carrow_linkage_tokens";
 
+/// Name of the one-row table holding the token table's version: a digest
+/// of its rows (in any order), so the coordinator fetches the table again
+/// only when it changed.
+pub const VERSION_TABLE: &str = "carrow_linkage_tokens_version";
+
+/// A computed token table and its version.
+#[derive(Debug, Clone)]
+pub struct TokenTable {
+    pub batch: RecordBatch,
+    pub version: String,
+}
+
+impl TokenTable {
+    /// The version as a one-row batch (`version`: text).
+    pub fn version_batch(&self) -> Result<RecordBatch> {
+        let schema = Arc::new(Schema::new(vec![ArrowField::new(
+            "version",
+            DataType::Utf8,
+            false,
+        )]));
+        let column = datafusion::arrow::array::StringArray::from(vec![self.version.as_str()]);
+        Ok(RecordBatch::try_new(schema, vec![Arc::new(column)])?)
+    }
+}
+
+/// An order-independent digest of the rows: the wrapping sum of each row's
+/// SHA-256 (first 128 bits), as hex.
+fn version(rows: &[(Token, FieldTokens)]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut sum = 0u128;
+    for (pid, tokens) in rows {
+        let mut row = Sha256::new();
+        row.update(pid);
+        for field in Field::ALL {
+            // The field's position and token count keep fields apart.
+            row.update([field as u8]);
+            if field.is_list() {
+                let list = tokens.list(field);
+                row.update((list.len() as u32).to_be_bytes());
+                list.iter().for_each(|t| row.update(t));
+            } else if let Some(t) = tokens.get(field) {
+                row.update([1]);
+                row.update(t);
+            } else {
+                row.update([0]);
+            }
+        }
+        let digest = row.finalize();
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&digest[..16]);
+        sum = sum.wrapping_add(u128::from_be_bytes(first));
+    }
+    format!("{:032x}-{}", sum, rows.len())
+}
+
 /// The token table's schema: `pid`, one column per field, two variant lists.
 pub fn schema() -> SchemaRef {
     let token = DataType::FixedSizeBinary(TOKEN_LEN as i32);
@@ -43,7 +98,7 @@ pub fn schema() -> SchemaRef {
 pub async fn token_table(
     tables: &[Arc<PublishedTable>],
     tokeniser: &FieldTokeniser,
-) -> Result<RecordBatch> {
+) -> Result<TokenTable> {
     let mut seen: HashSet<(Token, FieldTokens)> = HashSet::new();
     let mut rows: Vec<(Token, FieldTokens)> = Vec::new();
     let ctx = SessionContext::new();
@@ -80,7 +135,10 @@ pub async fn token_table(
                 .map_err(|e| DataFusionError::External(Box::new(e)))?;
         }
     }
-    to_batch(&rows)
+    Ok(TokenTable {
+        batch: to_batch(&rows)?,
+        version: version(&rows),
+    })
 }
 
 fn to_batch(rows: &[(Token, FieldTokens)]) -> Result<RecordBatch> {

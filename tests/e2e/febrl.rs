@@ -14,7 +14,10 @@ use carrow_node::config::{
 };
 
 use crate::adbc::python;
-use crate::coordinator::start_coordinator_at;
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use tonic::transport::Channel;
+
+use crate::coordinator::{CoordinatorProcess, start_coordinator_at};
 use crate::support::{NodeProcess, approved_researcher, generate, query, rows};
 
 const PEOPLE: usize = 5_000;
@@ -116,11 +119,15 @@ impl std::fmt::Debug for Scores {
     }
 }
 
-/// Links FEBRL4 through two nodes and a coordinator and scores the result.
-async fn link_febrl4(root: &Path, with_ssid: bool) -> Scores {
-    let a = febrl_node(root, "a", with_ssid);
-    let b = febrl_node(root, "b", with_ssid);
-    let coordinator = start_coordinator_at(root, &[], |config| {
+/// A coordinator over the two FEBRL nodes, refreshing every `refresh_secs`.
+fn febrl_coordinator(
+    root: &Path,
+    a: &NodeProcess,
+    b: &NodeProcess,
+    refresh_secs: u64,
+) -> CoordinatorProcess {
+    start_coordinator_at(root, &[], |config| {
+        config.catalog_refresh_secs = refresh_secs;
         let template = config.nodes[0].clone();
         config.nodes = [("febrl_a", a.addr), ("febrl_b", b.addr)]
             .into_iter()
@@ -131,9 +138,12 @@ async fn link_febrl4(root: &Path, with_ssid: bool) -> Scores {
                 node
             })
             .collect();
-    });
-    let mut researcher = approved_researcher(coordinator.addr, root, &[JOIN], "extract").await;
-    let pairs = rows(&query(&mut researcher, JOIN).await.unwrap());
+    })
+}
+
+/// Scores the pairs a researcher's join on `pid` returns.
+async fn scores(researcher: &mut FlightSqlServiceClient<Channel>) -> Scores {
+    let pairs = rows(&query(researcher, JOIN).await.unwrap());
     let true_links = pairs.iter().filter(|p| p[0] == p[1]).count();
     let false_links = pairs.len() - true_links;
     let precision = true_links as f64 / pairs.len().max(1) as f64;
@@ -145,6 +155,15 @@ async fn link_febrl4(root: &Path, with_ssid: bool) -> Scores {
         true_links,
         false_links,
     }
+}
+
+/// Links FEBRL4 through two nodes and a coordinator and scores the result.
+async fn link_febrl4(root: &Path, with_ssid: bool) -> Scores {
+    let a = febrl_node(root, "a", with_ssid);
+    let b = febrl_node(root, "b", with_ssid);
+    let coordinator = febrl_coordinator(root, &a, &b, 60);
+    let mut researcher = approved_researcher(coordinator.addr, root, &[JOIN], "extract").await;
+    scores(&mut researcher).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -167,4 +186,54 @@ async fn febrl4_links_across_two_nodes_with_and_without_the_social_security_numb
         with.true_links > without.true_links,
         "the national id adds links: {with:?} {without:?}"
     );
+}
+
+/// How many times the node at `dir` served its token table, and its version.
+fn token_requests(dir: &Path) -> (usize, usize) {
+    let log = std::fs::read_to_string(dir.join("audit.jsonl")).unwrap_or_default();
+    let count = |sql: &str| log.lines().filter(|l| l.contains(sql)).count();
+    (
+        count("\"SELECT * FROM carrow_linkage_tokens\""),
+        count("\"SELECT version FROM carrow_linkage_tokens_version\""),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_coordinator_fetches_token_tables_again_only_when_a_node_changed_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    generate(root, 200, 8);
+    export_febrl4(&root.join("febrl"));
+    let a = febrl_node(root, "a", false);
+    let b = febrl_node(root, "b", false);
+    let coordinator = febrl_coordinator(root, &a, &b, 1);
+    let mut researcher = approved_researcher(coordinator.addr, root, &[JOIN], "extract").await;
+    let before = scores(&mut researcher).await;
+    assert!(before.true_links < PEOPLE, "{before:?}");
+
+    // Refreshes every second ask for the version only.
+    tokio::time::sleep(std::time::Duration::from_millis(3_500)).await;
+    let (tables, versions) = token_requests(&root.join("febrl_b"));
+    assert_eq!(tables, 1, "fetched once, at start");
+    assert!(versions >= 3, "{versions} version checks");
+
+    // Node B's source changes: its records become exact copies of A's.
+    std::fs::copy(
+        root.join("febrl/febrl_a.csv"),
+        root.join("febrl/febrl_b.csv"),
+    )
+    .unwrap();
+    let mut after = None;
+    for _ in 0..40 {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        let now = scores(&mut researcher).await;
+        if now.true_links == PEOPLE {
+            after = Some(now);
+            break;
+        }
+    }
+    let after = after.expect("the index was rebuilt from node B's new tokens");
+    assert_eq!(after.false_links, 0, "{after:?}");
+    let (tables, _) = token_requests(&root.join("febrl_b"));
+    assert_eq!(tables, 2, "fetched again once the version changed");
 }
