@@ -170,21 +170,12 @@ mod tests {
 
     #[test]
     fn kinds_are_in_index_order_and_named_as_configs_spell_them() {
+        use serde::de::value::{Error, StrDeserializer};
         for (i, kind) in IdentifierKind::ALL.into_iter().enumerate() {
             assert_eq!(kind.index(), i);
-            let toml = format!("\"{}\"", kind.name());
-            let parsed: IdentifierKind = serde_json_like(&toml);
-            assert_eq!(parsed, kind);
+            let parsed = IdentifierKind::deserialize(StrDeserializer::<Error>::new(kind.name()));
+            assert_eq!(parsed.unwrap(), kind);
         }
-    }
-
-    /// Parses a quoted kind name with serde (through a unit-variant deserializer).
-    fn serde_json_like(quoted: &str) -> IdentifierKind {
-        use serde::de::IntoDeserializer;
-        let name = quoted.trim_matches('"').to_string();
-        let de: serde::de::value::StringDeserializer<serde::de::value::Error> =
-            name.into_deserializer();
-        IdentifierKind::deserialize(de).unwrap()
     }
 
     #[test]
