@@ -47,6 +47,15 @@ pub struct NodeConfig {
     /// Tables the node publishes, in the common model.
     #[serde(default)]
     pub tables: Vec<TableConfig>,
+    /// Seconds a linkage token table computed over a database source is
+    /// reused (file sources are reused until a file changes): the
+    /// coordinator asks for the table's version at every catalog refresh.
+    #[serde(default = "default_token_table_max_age_secs")]
+    pub token_table_max_age_secs: u64,
+}
+
+fn default_token_table_max_age_secs() -> u64 {
+    300
 }
 
 fn default_listen() -> String {

@@ -40,8 +40,14 @@ pub struct NodeState {
     /// Field tokenisers per project, for the linkage token table.
     field_tokenisers: HashMap<String, FieldTokeniser>,
     /// Token tables per project, with the source file times they were made from.
-    token_tables:
-        std::sync::Mutex<HashMap<String, (Vec<std::time::SystemTime>, tokens::TokenTable)>>,
+    token_tables: std::sync::Mutex<HashMap<String, (TokenTableMade, tokens::TokenTable)>>,
+}
+
+/// When a cached token table was made, and from which source file times
+/// (`None` when a source is a database).
+struct TokenTableMade {
+    at: std::time::Instant,
+    source_times: Option<Vec<std::time::SystemTime>>,
 }
 
 impl std::fmt::Debug for NodeState {
@@ -223,19 +229,24 @@ impl NodeState {
             Some(table) => table,
             None => {
                 let tables = self.projects.get(project).cloned().unwrap_or_default();
+                // Taken first: a file changed while hashing makes the next
+                // request hash again.
+                let made = TokenTableMade {
+                    at: std::time::Instant::now(),
+                    source_times: self.source_times(),
+                };
                 let table = tokens::token_table(&tables, tokeniser).await.map_err(|e| {
                     QueryError::Internal(format!(
                         "building the linkage token table: {}",
                         e.find_root()
                     ))
                 })?;
-                // Kept while every source is a file that has not changed.
-                if let Some(times) = self.source_times() {
-                    self.token_tables
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(project.to_string(), (times, table.clone()));
-                }
+                // Kept while every source is a file that has not changed,
+                // or for a while when a source is a database.
+                self.token_tables
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(project.to_string(), (made, table.clone()));
                 table
             }
         };
@@ -273,12 +284,16 @@ impl NodeState {
             .collect()
     }
 
-    /// The token table made before, if no source changed since.
+    /// The token table made before, if no source file changed since (or,
+    /// over a database source, if it is younger than the configured age).
     fn cached_token_table(&self, project: &str) -> Option<tokens::TokenTable> {
-        let times = self.source_times()?;
         let cache = self.token_tables.lock().unwrap_or_else(|p| p.into_inner());
-        let (made_from, batch) = cache.get(project)?;
-        (*made_from == times).then(|| batch.clone())
+        let (made, table) = cache.get(project)?;
+        let fresh = match &made.source_times {
+            Some(times) => self.source_times().as_ref() == Some(times),
+            None => made.at.elapsed().as_secs() < self.config.token_table_max_age_secs,
+        };
+        fresh.then(|| table.clone())
     }
 
     fn record(&self, body: serde_json::Value) -> Option<String> {

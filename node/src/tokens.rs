@@ -95,50 +95,95 @@ pub fn schema() -> SchemaRef {
 }
 
 /// Computes the token table of `tables` (their identities) with `tokeniser`.
+/// Hashing runs off the async workers, spread over the cores.
 pub async fn token_table(
     tables: &[Arc<PublishedTable>],
     tokeniser: &FieldTokeniser,
 ) -> Result<TokenTable> {
-    let mut seen: HashSet<(Token, FieldTokens)> = HashSet::new();
-    let mut rows: Vec<(Token, FieldTokens)> = Vec::new();
     let ctx = SessionContext::new();
+    let mut batches = Vec::new();
     for table in tables {
-        let Some(plan) = &table.identities else {
-            continue;
-        };
-        let batches = DataFrame::new(ctx.state(), plan.clone()).collect().await?;
-        for batch in batches {
-            let pids = batch
-                .column(0)
-                .as_any()
-                .downcast_ref::<FixedSizeBinaryArray>()
-                .expect("pid is FixedSizeBinary(16)");
-            // Columns after pid are the identifiers in IDENTITY_KINDS order.
-            let identifiers = IDENTITY_KINDS
-                .iter()
-                .enumerate()
-                .fold(IdentifierColumns::default(), |ids, (i, kind)| {
-                    ids.with(*kind, batch.column(i + 1).clone())
-                });
-            identifiers
-                .for_each_identity(|row, identity| {
-                    if pids.is_null(row) {
-                        return;
-                    }
-                    let mut pid = [0u8; TOKEN_LEN];
-                    pid.copy_from_slice(pids.value(row));
-                    let entry = (pid, tokeniser.tokens(identity));
-                    if seen.insert(entry.clone()) {
-                        rows.push(entry);
-                    }
-                })
-                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        if let Some(plan) = &table.identities {
+            batches.extend(DataFrame::new(ctx.state(), plan.clone()).collect().await?);
         }
     }
+    let tokeniser = tokeniser.clone();
+    tokio::task::spawn_blocking(move || tokenise(&batches, &tokeniser))
+        .await
+        .map_err(|e| DataFusionError::External(Box::new(e)))?
+}
+
+/// One row per distinct (pid, field tokens) of the identities `batches`.
+fn tokenise(batches: &[RecordBatch], tokeniser: &FieldTokeniser) -> Result<TokenTable> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per_thread = batches.len().div_ceil(threads).max(1);
+    let parts: Vec<Result<Vec<(Token, FieldTokens)>>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = batches
+            .chunks(per_thread)
+            .map(|chunk| {
+                scope.spawn(move || {
+                    let mut rows = Vec::new();
+                    for batch in chunk {
+                        batch_rows(batch, tokeniser, &mut rows)?;
+                    }
+                    Ok(rows)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("a tokenising thread panicked"))
+            .collect()
+    });
+    let mut all = Vec::new();
+    for part in parts {
+        all.extend(part?);
+    }
+    // The same identity in several tables (or rows) is one record.
+    let keep: Vec<bool> = {
+        let mut seen: HashSet<&(Token, FieldTokens)> = HashSet::with_capacity(all.len());
+        all.iter().map(|row| seen.insert(row)).collect()
+    };
+    let rows: Vec<(Token, FieldTokens)> = all
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(row, keep)| keep.then_some(row))
+        .collect();
     Ok(TokenTable {
         batch: to_batch(&rows)?,
         version: version(&rows),
     })
+}
+
+/// Appends the pid and field tokens of each row of an identities batch
+/// (rows without a pid have nothing to link).
+fn batch_rows(
+    batch: &RecordBatch,
+    tokeniser: &FieldTokeniser,
+    out: &mut Vec<(Token, FieldTokens)>,
+) -> Result<()> {
+    let pids = batch
+        .column(0)
+        .as_any()
+        .downcast_ref::<FixedSizeBinaryArray>()
+        .expect("pid is FixedSizeBinary(16)");
+    // Columns after pid are the identifiers in IDENTITY_KINDS order.
+    let identifiers = IDENTITY_KINDS
+        .iter()
+        .enumerate()
+        .fold(IdentifierColumns::default(), |ids, (i, kind)| {
+            ids.with(*kind, batch.column(i + 1).clone())
+        });
+    identifiers
+        .for_each_identity(|row, identity| {
+            if pids.is_null(row) {
+                return;
+            }
+            let mut pid = [0u8; TOKEN_LEN];
+            pid.copy_from_slice(pids.value(row));
+            out.push((pid, tokeniser.tokens(identity)));
+        })
+        .map_err(|e| DataFusionError::External(Box::new(e)))
 }
 
 fn to_batch(rows: &[(Token, FieldTokens)]) -> Result<RecordBatch> {

@@ -96,6 +96,7 @@ fn base(org: &str, creds: &NodeCredentials) -> NodeConfig {
         opt_out_list: None,
         sources: BTreeMap::new(),
         tables: vec![],
+        token_table_max_age_secs: 300,
     }
 }
 

@@ -169,4 +169,36 @@ async fn a_node_over_postgresql_answers_like_the_same_data_in_files_and_pushes_f
             .any(|l| l.contains("clients") && l.contains("SELECT *")),
         "a full-width scan reached PostgreSQL"
     );
+
+    // The coordinator's version checks reuse the token table for
+    // `token_table_max_age_secs`: the second check reads nothing from
+    // PostgreSQL, and both name the same version.
+    let mut coordinator = client(
+        pg_node.addr,
+        "coordinator",
+        &dir.path().join("secrets/coordinator-council.token"),
+    )
+    .await;
+    coordinator.set_header("x-carrow-linkage", "1");
+    let version_sql = "SELECT version FROM carrow_linkage_tokens_version";
+    let reads_of_clients = || {
+        std::fs::read_to_string(&pg.log)
+            .unwrap()
+            .lines()
+            .filter(|l| {
+                (l.contains("statement:") || l.contains("execute")) && l.contains("clients")
+            })
+            .count()
+    };
+    let before = reads_of_clients();
+    let first = rows(&query(&mut coordinator, version_sql).await.unwrap());
+    let after_first = reads_of_clients();
+    assert!(after_first > before, "the first check computes the table");
+    let second = rows(&query(&mut coordinator, version_sql).await.unwrap());
+    assert_eq!(second, first);
+    assert_eq!(
+        reads_of_clients(),
+        after_first,
+        "the second check reuses it"
+    );
 }
