@@ -111,36 +111,19 @@ fn same(a: Option<&Token>, b: Option<&Token>) -> Option<bool> {
     Some(a? == b?)
 }
 
-/// Level of a field compared exactly, then by a weaker field (if any); the
-/// levels are exact, [one edit,] [weaker,] disagree, missing.
-fn compare_field(
-    a: &FieldTokens,
-    b: &FieldTokens,
-    exact: Field,
-    variants: Option<Field>,
-    weaker: Option<Field>,
-) -> u8 {
-    let mut level = 0;
-    match same(a.get(exact), b.get(exact)) {
-        None => {
-            return 1 + u8::from(variants.is_some()) + u8::from(weaker.is_some()) + 1;
-        }
-        Some(true) => return 0,
-        Some(false) => {}
+/// The level of one comparison whose levels are: exact, each partial
+/// agreement of `partial` (tried in order, only when needed), disagree,
+/// missing. `exact` is `None` when either side is missing.
+fn level(exact: Option<bool>, partial: &[&dyn Fn() -> bool]) -> u8 {
+    let n = partial.len() as u8;
+    match exact {
+        None => n + 2,
+        Some(true) => 0,
+        Some(false) => partial
+            .iter()
+            .position(|agrees| agrees())
+            .map_or(n + 1, |i| i as u8 + 1),
     }
-    if let Some(v) = variants {
-        level += 1;
-        if share_variant(a.list(v), b.list(v)) {
-            return level;
-        }
-    }
-    if let Some(w) = weaker {
-        level += 1;
-        if same(a.get(w), b.get(w)) == Some(true) {
-            return level;
-        }
-    }
-    level + 1
 }
 
 /// Address level: all words shared, at least two thirds, at least one, none.
@@ -161,60 +144,58 @@ fn compare_address(a: &[Token], b: &[Token]) -> u8 {
     }
 }
 
-/// Level of one name against another: exact, one edit, `weaker` (the
-/// phonetic code or initial agrees), disagree, missing.
-fn name_level(
-    a: Option<&Token>,
-    a_variants: &[Token],
-    b: Option<&Token>,
-    b_variants: &[Token],
-    weaker: bool,
+/// One name against another: exact, one edit, `weaker`, disagree, missing.
+fn name(
+    x: Option<&Token>,
+    x_variants: &[Token],
+    y: Option<&Token>,
+    y_variants: &[Token],
+    weaker: &dyn Fn() -> bool,
 ) -> u8 {
-    match same(a, b) {
-        None => 4,
-        Some(true) => 0,
-        Some(false) if share_variant(a_variants, b_variants) => 1,
-        Some(false) if weaker => 2,
-        Some(false) => 3,
-    }
+    level(
+        same(x, y),
+        &[&|| share_variant(x_variants, y_variants), weaker],
+    )
 }
 
-/// Family and given name levels, taking the names the other way round
-/// when that agrees better (one record has them in each other's place).
+/// Family and given name levels (exact, one edit, phonetic or initial,
+/// disagree, missing), taking one record's names the other way round when
+/// that agrees better (they were written in each other's place).
 fn compare_names(a: &FieldTokens, b: &FieldTokens) -> (u8, u8) {
     let straight = (
-        name_level(
+        name(
             a.family.as_ref(),
             &a.family_variants,
             b.family.as_ref(),
             &b.family_variants,
-            same(a.get(Field::FamilyPhonetic), b.get(Field::FamilyPhonetic)) == Some(true),
+            &|| same(a.family_phonetic.as_ref(), b.family_phonetic.as_ref()) == Some(true),
         ),
-        name_level(
+        name(
             a.given.as_ref(),
             &a.given_variants,
             b.given.as_ref(),
             &b.given_variants,
-            same(a.get(Field::GivenInitial), b.get(Field::GivenInitial)) == Some(true),
+            &|| same(a.given_initial.as_ref(), b.given_initial.as_ref()) == Some(true),
         ),
     );
     if straight == (0, 0) {
         return straight;
     }
+    // Phonetic codes and initials are not comparable across the two parts.
     let swapped = (
-        name_level(
+        name(
             a.family.as_ref(),
             &a.family_variants,
             b.given.as_ref(),
             &b.given_variants,
-            false,
+            &|| false,
         ),
-        name_level(
+        name(
             a.given.as_ref(),
             &a.given_variants,
             b.family.as_ref(),
             &b.family_variants,
-            false,
+            &|| false,
         ),
     );
     let known = |(f, g): (u8, u8)| f < 4 && g < 4;
@@ -226,41 +207,34 @@ fn compare_names(a: &FieldTokens, b: &FieldTokens) -> (u8, u8) {
 }
 
 fn compare(a: &FieldTokens, b: &FieldTokens) -> Pattern {
-    let dob = match same(a.get(Field::Dob), b.get(Field::Dob)) {
-        None => 4,
-        Some(true) => 0,
-        Some(false) if share_variant(&a.dob_variants, &b.dob_variants) => 1,
-        Some(false)
-            if same(a.get(Field::DobYear), b.get(Field::DobYear)) == Some(true)
-                || same(a.get(Field::DobMonthDay), b.get(Field::DobMonthDay)) == Some(true) =>
-        {
-            2
-        }
-        Some(false) => 3,
-    };
+    let same_field = |f: Field| same(a.get(f), b.get(f));
+    let agree = |f: Field| same_field(f) == Some(true);
+    let close = |f: Field| share_variant(a.list(f), b.list(f));
     let (family, given) = compare_names(a, b);
     [
-        compare_field(a, b, Field::NhsNumber, None, None),
-        compare_field(
-            a,
-            b,
-            Field::NationalId,
-            Some(Field::NationalIdVariant),
-            None,
+        level(same_field(Field::NhsNumber), &[]),
+        level(
+            same_field(Field::NationalId),
+            &[&|| close(Field::NationalIdVariant)],
         ),
         family,
         given,
-        dob,
-        compare_field(a, b, Field::Sex, None, None),
-        compare_field(
-            a,
-            b,
-            Field::Postcode,
-            Some(Field::PostcodeVariant),
-            Some(Field::Sector),
+        level(
+            same_field(Field::Dob),
+            &[&|| close(Field::DobVariant), &|| {
+                agree(Field::DobYear) || agree(Field::DobMonthDay)
+            }],
+        ),
+        level(same_field(Field::Sex), &[]),
+        level(
+            same_field(Field::Postcode),
+            &[&|| close(Field::PostcodeVariant), &|| agree(Field::Sector)],
         ),
         compare_address(&a.address_words, &b.address_words),
-        compare_field(a, b, Field::Locality, Some(Field::LocalityVariant), None),
+        level(
+            same_field(Field::Locality),
+            &[&|| close(Field::LocalityVariant)],
+        ),
     ]
 }
 
@@ -730,6 +704,54 @@ mod tests {
             "c does not live where a lives"
         );
         assert_eq!(linked.report.linked_by_name_dob_sex, 0);
+    }
+
+    #[test]
+    fn levels_run_exact_partial_disagree_missing() {
+        assert_eq!(level(Some(true), &[&|| panic!("not needed")]), 0);
+        assert_eq!(level(Some(false), &[&|| false, &|| true]), 2);
+        assert_eq!(level(Some(false), &[&|| false, &|| false]), 3);
+        assert_eq!(level(None, &[&|| true, &|| true]), 4);
+        assert_eq!(level(Some(false), &[]), 1);
+        assert_eq!(level(None, &[]), 2);
+    }
+
+    fn tokens(raw: RawIdentity<'_>) -> FieldTokens {
+        let secret = LinkageSecret::from_bytes([3u8; 32]);
+        FieldTokeniser::new(&secret, "p").tokens(&Identity::normalise(&raw))
+    }
+
+    #[test]
+    fn swapped_names_addresses_and_localities_are_compared_by_their_parts() {
+        let a = tokens(RawIdentity {
+            family_name: Some("Rollins"),
+            given_name: Some("Ashleigh"),
+            date_of_birth: Some("19180307"),
+            address: Some("22 McRae Place, Mansfield Park"),
+            locality: Some("Dapto"),
+            postal_code: Some("4670"),
+            ..Default::default()
+        });
+        let b = tokens(RawIdentity {
+            family_name: Some("Ashleigh"),
+            given_name: Some("Rolliqns"),
+            date_of_birth: Some("19180307"),
+            address: Some("22 mcrae place mansfie l dpark"),
+            locality: Some("Dato"),
+            postal_code: Some("4672"),
+            ..Default::default()
+        });
+        let p = compare(&a, &b);
+        let at = |name: &str| COMPARISONS.iter().position(|c| c.name == name).unwrap();
+        let level_name = |name: &str| COMPARISONS[at(name)].levels[p[at(name)] as usize];
+        assert_eq!(level_name("family"), "one edit", "{p:?}");
+        assert_eq!(level_name("given"), "exact", "{p:?}");
+        assert_eq!(level_name("date_of_birth"), "exact");
+        assert_eq!(level_name("address"), "a word", "22, MCRAE, PLACE of 5 and 6 words");
+        assert_eq!(level_name("locality"), "one edit");
+        assert_eq!(level_name("postcode"), "one edit");
+        assert_eq!(level_name("nhs_number"), "missing");
+        assert_eq!(level_name("sex"), "missing");
     }
 
     /// A valid NHS number (modulus 11) made from `seed`.
