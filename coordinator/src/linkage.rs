@@ -4,7 +4,7 @@
 //! cross-organisation join links the same person whatever identifiers each
 //! side held. The index is rebuilt only when a node's tokens change.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -55,6 +55,10 @@ pub struct LinkageIndex {
     /// Nodes whose tokens were missing (unreachable): their records link
     /// on pid only until the next rebuild.
     pub missing_nodes: Vec<String>,
+    /// Nodes holding records of one person under different pids (the
+    /// index merges them): work over their pids must see mapped pids, so
+    /// it runs at the coordinator, not at the node.
+    pub nodes_with_merged_records: BTreeSet<String>,
     fingerprint: u64,
 }
 
@@ -153,9 +157,17 @@ pub async fn build(
         tracing::info!(%project, "linkage: {step}");
     });
     let mut keys = HashMap::new();
+    let mut first_pid_at_node: HashMap<(u32, Token), Token> = HashMap::new();
+    let mut nodes_with_merged_records = BTreeSet::new();
     for (record, key) in records.iter().zip(&linkage.keys) {
         if *key != record.pid {
             keys.insert(record.pid, *key);
+        }
+        let first = first_pid_at_node
+            .entry((record.source, *key))
+            .or_insert(record.pid);
+        if *first != record.pid {
+            nodes_with_merged_records.insert(nodes[record.source as usize].name.clone());
         }
     }
     tracing::info!(
@@ -166,6 +178,7 @@ pub async fn build(
         by_name_dob_sex = linkage.report.linked_by_name_dob_sex,
         by_score = linkage.report.linked_by_score,
         uncertain_pairs = linkage.report.uncertain_pairs,
+        nodes_with_merged_records = ?nodes_with_merged_records,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "linkage index built"
     );
@@ -173,6 +186,7 @@ pub async fn build(
         keys,
         report: linkage.report,
         missing_nodes,
+        nodes_with_merged_records,
         fingerprint,
     }))
 }

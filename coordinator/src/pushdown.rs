@@ -7,8 +7,9 @@ use std::any::Any;
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use datafusion::arrow::datatypes::DataType;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{Column, JoinType, Result};
+use datafusion::common::{Column, DFSchema, JoinType, Result};
 use datafusion::datasource::{provider_as_source, source_as_provider};
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, col};
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
@@ -18,7 +19,77 @@ use crate::remote::{RemoteSource, RemoteTable};
 
 /// The rule; add it after DataFusion's own optimizer rules.
 #[derive(Debug, Default)]
-pub struct PushToNode;
+pub struct PushToNode {
+    /// Nodes holding one person under several pids (the linkage index
+    /// merges them): joins, groupings and distinct counts over their pids
+    /// must see person keys, so those operators stay at the coordinator.
+    pid_work_stays_here: HashSet<String>,
+}
+
+impl PushToNode {
+    /// The rule for a query whose linkage index merges records of one
+    /// person within each of `nodes`.
+    pub fn new(nodes_with_merged_records: impl IntoIterator<Item = String>) -> Self {
+        Self {
+            pid_work_stays_here: nodes_with_merged_records.into_iter().collect(),
+        }
+    }
+
+    /// Whether `plan` may run whole at the node of `leaves`.
+    fn may_push(&self, plan: &LogicalPlan, leaves: &[Arc<RemoteTable>]) -> bool {
+        let node = &leaves[0].node().name;
+        !(self.pid_work_stays_here.contains(node) && works_on_pid(plan))
+    }
+}
+
+/// A `pid` column (the only `FixedSizeBinary(16)` of the common model).
+fn is_pid(expr: &Expr, schema: &DFSchema) -> bool {
+    expr.column_refs().into_iter().any(|c| {
+        schema.qualified_field_from_column(c).is_ok_and(|(_, f)| {
+            f.name() == "pid" || matches!(f.data_type(), DataType::FixedSizeBinary(16))
+        })
+    })
+}
+
+/// Whether an operator of `plan` joins, groups or deduplicates on `pid`
+/// (its answer changes when two pids of one person become one key).
+fn works_on_pid(plan: &LogicalPlan) -> bool {
+    let mut found = false;
+    let _ = plan.apply(|p| {
+        found |= match p {
+            LogicalPlan::Join(join) => {
+                join.on
+                    .iter()
+                    .any(|(l, r)| is_pid(l, join.left.schema()) || is_pid(r, join.right.schema()))
+                    || join
+                        .filter
+                        .as_ref()
+                        .is_some_and(|f| is_pid(f, &join.schema))
+            }
+            LogicalPlan::Aggregate(agg) => agg
+                .group_expr
+                .iter()
+                .chain(&agg.aggr_expr)
+                .any(|e| is_pid(e, agg.input.schema())),
+            LogicalPlan::Distinct(distinct) => {
+                let input = distinct.input();
+                input.schema().iter().any(|(q, f)| {
+                    is_pid(
+                        &Expr::Column(Column::new(q.cloned(), f.name())),
+                        input.schema(),
+                    )
+                })
+            }
+            _ => false,
+        };
+        Ok(if found {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    });
+    found
+}
 
 /// The leaves of `plan`, when they are all published tables of one node and
 /// every operator can be sent as SQL.
@@ -194,6 +265,7 @@ impl OptimizerRule for PushToNode {
         plan.transform_down(|node| {
             if let Some(leaves) = single_node(&node)
                 && worth_pushing(&node)
+                && self.may_push(&node, &leaves)
                 && let Some(pushed) = push_keeping_order(&node, &leaves)
             {
                 return Ok(Transformed::new(pushed, true, TreeNodeRecursion::Jump));

@@ -241,6 +241,11 @@ impl CoordinatorBackend {
     /// A query session: the node catalog, the coordinator's optimizer rules
     /// and disclosure control's physical operator.
     fn session(&self, context: FragmentContext) -> SessionContext {
+        let merged_nodes = context
+            .linkage
+            .as_ref()
+            .map(|index| index.nodes_with_merged_records.clone())
+            .unwrap_or_default();
         let config = SessionConfig::new()
             .with_default_catalog_and_schema(CATALOG, "public")
             .with_information_schema(false)
@@ -253,7 +258,7 @@ impl CoordinatorBackend {
             .build();
         let session = SessionContext::new_with_state(state);
         session.add_optimizer_rule(Arc::new(SplitAggregatePerNode));
-        session.add_optimizer_rule(Arc::new(PushToNode));
+        session.add_optimizer_rule(Arc::new(PushToNode::new(merged_nodes)));
         session.register_catalog(
             CATALOG,
             self.state.catalog.clone() as Arc<dyn CatalogProvider>,

@@ -331,7 +331,7 @@ mod tests {
         let config = SessionConfig::new().with_default_catalog_and_schema("carrow", "public");
         let ctx = SessionContext::new_with_config(config);
         ctx.add_optimizer_rule(Arc::new(SplitAggregatePerNode));
-        ctx.add_optimizer_rule(Arc::new(PushToNode));
+        ctx.add_optimizer_rule(Arc::new(PushToNode::default()));
         let catalog = Arc::new(MemoryCatalogProvider::new());
         let schema = Arc::new(Schema::new(vec![
             Field::new("pid", DataType::FixedSizeBinary(16), true),

@@ -747,7 +747,11 @@ mod tests {
         assert_eq!(level_name("family"), "one edit", "{p:?}");
         assert_eq!(level_name("given"), "exact", "{p:?}");
         assert_eq!(level_name("date_of_birth"), "exact");
-        assert_eq!(level_name("address"), "a word", "22, MCRAE, PLACE of 5 and 6 words");
+        assert_eq!(
+            level_name("address"),
+            "a word",
+            "22, MCRAE, PLACE of 5 and 6 words"
+        );
         assert_eq!(level_name("locality"), "one edit");
         assert_eq!(level_name("postcode"), "one edit");
         assert_eq!(level_name("nhs_number"), "missing");

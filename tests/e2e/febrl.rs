@@ -119,19 +119,19 @@ impl std::fmt::Debug for Scores {
     }
 }
 
-/// A coordinator over the two FEBRL nodes, refreshing every `refresh_secs`.
+/// A coordinator over FEBRL nodes, refreshing every `refresh_secs`.
 fn febrl_coordinator(
     root: &Path,
-    a: &NodeProcess,
-    b: &NodeProcess,
+    nodes: &[(&str, &NodeProcess)],
     refresh_secs: u64,
 ) -> CoordinatorProcess {
     start_coordinator_at(root, &[], |config| {
         config.catalog_refresh_secs = refresh_secs;
         let template = config.nodes[0].clone();
-        config.nodes = [("febrl_a", a.addr), ("febrl_b", b.addr)]
-            .into_iter()
-            .map(|(name, addr)| {
+        config.nodes = nodes
+            .iter()
+            .map(|(name, process)| {
+                let (name, addr) = (*name, process.addr);
                 let mut node = template.clone();
                 node.name = name.into();
                 node.url = format!("http://{addr}");
@@ -161,7 +161,7 @@ async fn scores(researcher: &mut FlightSqlServiceClient<Channel>) -> Scores {
 async fn link_febrl4(root: &Path, with_ssid: bool) -> Scores {
     let a = febrl_node(root, "a", with_ssid);
     let b = febrl_node(root, "b", with_ssid);
-    let coordinator = febrl_coordinator(root, &a, &b, 60);
+    let coordinator = febrl_coordinator(root, &[("febrl_a", &a), ("febrl_b", &b)], 60);
     let mut researcher = approved_researcher(coordinator.addr, root, &[JOIN], "extract").await;
     scores(&mut researcher).await
 }
@@ -206,7 +206,7 @@ async fn the_coordinator_fetches_token_tables_again_only_when_a_node_changed_the
     export_febrl4(&root.join("febrl"));
     let a = febrl_node(root, "a", false);
     let b = febrl_node(root, "b", false);
-    let coordinator = febrl_coordinator(root, &a, &b, 1);
+    let coordinator = febrl_coordinator(root, &[("febrl_a", &a), ("febrl_b", &b)], 1);
     let mut researcher = approved_researcher(coordinator.addr, root, &[JOIN], "extract").await;
     let before = scores(&mut researcher).await;
     assert!(before.true_links < PEOPLE, "{before:?}");
@@ -236,4 +236,61 @@ async fn the_coordinator_fetches_token_tables_again_only_when_a_node_changed_the
     assert_eq!(after.false_links, 0, "{after:?}");
     let (tables, _) = token_requests(&root.join("febrl_b"));
     assert_eq!(tables, 2, "fetched again once the version changed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_node_holding_both_copies_counts_each_person_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    generate(root, 200, 9);
+    let febrl = root.join("febrl");
+    export_febrl4(&febrl);
+    // One organisation holding both datasets: two records of each person,
+    // under different pids, in one table.
+    let a = std::fs::read_to_string(febrl.join("febrl_a.csv")).unwrap();
+    let b = std::fs::read_to_string(febrl.join("febrl_b.csv")).unwrap();
+    let both = format!("{a}{}", b.split_once('\n').unwrap().1);
+    std::fs::write(febrl.join("febrl_ab.csv"), both).unwrap();
+    let node = febrl_node(root, "ab", false);
+    let coordinator = febrl_coordinator(root, &[("febrl_ab", &node)], 60);
+
+    let count = "SELECT count(DISTINCT pid) AS people FROM febrl_ab.people";
+    let per_person = "SELECT records, count(*) AS people FROM \
+                      (SELECT pid, count(*) AS records FROM febrl_ab.people GROUP BY pid) \
+                      GROUP BY records ORDER BY records";
+    let mut researcher =
+        approved_researcher(coordinator.addr, root, &[count, per_person], "extract").await;
+    let people: u64 = rows(&query(&mut researcher, count).await.unwrap())[0][0]
+        .parse()
+        .unwrap();
+    // Linkage merges 4 985 of the 5 000 pairs (as across two nodes).
+    assert!(
+        (PEOPLE as u64..=PEOPLE as u64 + 20).contains(&people),
+        "{people} people"
+    );
+    let histogram = rows(&query(&mut researcher, per_person).await.unwrap());
+    let twice: u64 = histogram
+        .iter()
+        .find(|r| r[0] == "2")
+        .map_or(0, |r| r[1].parse().unwrap());
+    assert!(twice >= 4_980, "{histogram:?}");
+
+    // At the node itself (no linkage) the same count sees far more pids.
+    let mut operator = crate::support::client(
+        node.addr,
+        "operator",
+        &root.join("secrets/operator-acute.token"),
+    )
+    .await;
+    let raw: u64 = rows(
+        &query(&mut operator, "SELECT count(DISTINCT pid) FROM people")
+            .await
+            .unwrap(),
+    )[0][0]
+        .parse()
+        .unwrap();
+    assert!(
+        raw > people + 2_000,
+        "{raw} pids at the node, {people} people"
+    );
 }
