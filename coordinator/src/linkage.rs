@@ -143,9 +143,13 @@ pub async fn build(
         r.pid.hash(&mut hasher);
         r.fields.hash(&mut hasher);
     }
-    // Fingerprinted by the versions when every node gave one (older nodes
-    // give none: then by the tokens themselves).
-    let fingerprint = versions.unwrap_or_else(|| hasher.finish());
+    // Fingerprinted by the versions when every node gave one and sent its
+    // tokens (else by the tokens themselves, so a node that comes back or
+    // an older node without versions still gets its records linked).
+    let fingerprint = match versions {
+        Some(versions) if missing_nodes.is_empty() => versions,
+        _ => hasher.finish(),
+    };
     if let Some(previous) = previous
         && previous.fingerprint == fingerprint
     {
