@@ -1,11 +1,13 @@
-//! Carrow's linkage primitives: identifier normalisation, per-project keys
-//! derived from the linkage secret, keyed pseudonyms (HMAC-SHA256 truncated
-//! to 128 bits) computed row by row or over Arrow arrays, field tokens for
-//! probabilistic linkage, and record matching over tokens.
+//! Carrow's linkage primitives: the kinds of person identifier a node can
+//! declare and their normalisation, per-project keys derived from the
+//! linkage secret, keyed pseudonyms (HMAC-SHA256 truncated to 128 bits)
+//! computed row by row or over Arrow arrays, field tokens for probabilistic
+//! linkage, and blocking and record matching over tokens.
 //!
-//! Everything but [`matching`] runs inside nodes: the linkage secret and raw
-//! identifiers it handles never leave them. [`matching`] runs at the
-//! coordinator and sees tokens only. It has no DataFusion dependency.
+//! Everything but [`blocking`] and [`matching`] runs inside nodes: the
+//! linkage secret and raw identifiers it handles never leave them.
+//! [`blocking`] and [`matching`] run at the coordinator and see tokens
+//! only. The crate has no DataFusion dependency.
 
 pub mod batch;
 pub mod blocking;
