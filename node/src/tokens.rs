@@ -76,7 +76,7 @@ fn version(rows: &[(Token, FieldTokens)]) -> String {
     format!("{:032x}-{}", sum, rows.len())
 }
 
-/// The token table's schema: `pid`, one column per field, two variant lists.
+/// The token table's schema: `pid`, then one column per field (token lists as lists).
 pub fn schema() -> SchemaRef {
     let token = DataType::FixedSizeBinary(TOKEN_LEN as i32);
     let mut fields = vec![ArrowField::new("pid", token.clone(), false)];
