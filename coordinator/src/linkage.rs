@@ -122,11 +122,9 @@ pub async fn build(
     }
     let mut records = Vec::new();
     let mut missing_nodes = Vec::new();
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
     for (source, node) in nodes.iter().enumerate() {
         match node.linkage_tokens(project).await {
             Ok(batches) => {
-                node.name.hash(&mut hasher);
                 for batch in &batches {
                     read_records(batch, source as u32, &mut records).map_err(|e| {
                         QueryError::Internal(format!("node {}: linkage tokens: {e}", node.name))
@@ -139,16 +137,12 @@ pub async fn build(
             }
         }
     }
-    for r in &records {
-        r.pid.hash(&mut hasher);
-        r.fields.hash(&mut hasher);
-    }
     // Fingerprinted by the versions when every node gave one and sent its
     // tokens (else by the tokens themselves, so a node that comes back or
     // an older node without versions still gets its records linked).
     let fingerprint = match versions {
         Some(versions) if missing_nodes.is_empty() => versions,
-        _ => hasher.finish(),
+        _ => content_fingerprint(nodes, &missing_nodes, &records),
     };
     if let Some(previous) = previous
         && previous.fingerprint == fingerprint
@@ -193,6 +187,24 @@ pub async fn build(
         nodes_with_merged_records,
         fingerprint,
     }))
+}
+
+/// A digest of the tokens themselves: the nodes that sent them, and every
+/// record.
+fn content_fingerprint(
+    nodes: &[Arc<NodeClient>],
+    missing_nodes: &[String],
+    records: &[LinkRecord],
+) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for node in nodes.iter().filter(|n| !missing_nodes.contains(&n.name)) {
+        node.name.hash(&mut hasher);
+    }
+    for r in records {
+        r.pid.hash(&mut hasher);
+        r.fields.hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 /// A digest of every node's token-table version, or `None` when a node

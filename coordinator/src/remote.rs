@@ -46,6 +46,20 @@ pub struct FragmentContext {
     pub linkage: Option<Arc<crate::linkage::LinkageIndex>>,
 }
 
+impl FragmentContext {
+    /// The context of the coordinator's own request to a node (`purpose`:
+    /// catalog, linkage), which is no user's query.
+    fn internal(project: &str, purpose: &str) -> Self {
+        Self {
+            project: project.to_string(),
+            query_id: purpose.to_string(),
+            allow_partial: false,
+            coverage: Arc::new(Coverage::default()),
+            linkage: None,
+        }
+    }
+}
+
 /// One node's part in a result.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct NodeCoverage {
@@ -292,13 +306,7 @@ impl NodeClient {
         project: &str,
         sql: &str,
     ) -> Result<Vec<datafusion::arrow::array::RecordBatch>, QueryError> {
-        let context = FragmentContext {
-            project: project.to_string(),
-            query_id: "linkage".to_string(),
-            allow_partial: false,
-            coverage: Arc::new(Coverage::default()),
-            linkage: None,
-        };
+        let context = FragmentContext::internal(project, "linkage");
         let failed = |e: String| {
             QueryError::Unavailable(format!(
                 "node {} did not send its linkage tokens: {e}",
@@ -340,13 +348,7 @@ impl NodeClient {
 
     /// The node's published tables with their schemas.
     pub async fn tables(&self, project: &str) -> Result<Vec<(String, SchemaRef)>, QueryError> {
-        let context = FragmentContext {
-            project: project.to_string(),
-            query_id: "catalog".to_string(),
-            allow_partial: false,
-            coverage: Arc::new(Coverage::default()),
-            linkage: None,
-        };
+        let context = FragmentContext::internal(project, "catalog");
         let mut client = self.connect(&context).await?;
         let failed = |e: String| {
             QueryError::Unavailable(format!("node {} did not list its tables: {e}", self.name))
