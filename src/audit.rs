@@ -81,7 +81,36 @@ pub fn show(log: PathBuf, filters: ShowFilters) -> anyhow::Result<()> {
         shown += 1;
     }
     println!("{shown} of {} records", entries.len());
+    print_user_summary(entries.iter().filter(|e| keep(e, &filters)));
     Ok(())
+}
+
+/// Per user of a coordinator log: queries, refusals, and queries whose
+/// released cells were about small populations (or that had cells withheld
+/// for too few persons): the signal of differencing attempts that a
+/// governance board watches.
+fn print_user_summary<'a>(entries: impl Iterator<Item = &'a Entry>) {
+    let mut users: std::collections::BTreeMap<String, [u64; 3]> = Default::default();
+    for entry in entries {
+        let b = &entry.body;
+        if b["kind"].as_str() != Some("query") {
+            continue;
+        }
+        let counts = users.entry(text(&b["user"]).to_string()).or_default();
+        counts[0] += 1;
+        counts[1] += u64::from(b["outcome"].as_str() == Some("refused"));
+        counts[2] += u64::from(b["small_population"].as_bool() == Some(true));
+    }
+    if users.is_empty() {
+        return;
+    }
+    println!(
+        "\n{:<16} {:>8} {:>8} {:>17}",
+        "user", "queries", "refused", "small populations"
+    );
+    for (user, [queries, refused, small]) in users {
+        println!("{user:<16} {queries:>8} {refused:>8} {small:>17}");
+    }
 }
 
 fn text(v: &Value) -> &str {

@@ -78,12 +78,11 @@ pub fn disclosure_line(metadata: &std::collections::HashMap<String, String>) -> 
     let report: serde_json::Value =
         serde_json::from_str(metadata.get("carrow.disclosure")?).ok()?;
     Some(format!(
-        "{}; {} rows suppressed (+{} totals), {} cells hidden, {} counts rounded",
-        report["rule"].as_str().unwrap_or("?"),
-        report["rows_suppressed"],
-        report["totals_suppressed"],
+        "{} cells released, {} values perturbed and rounded, {} withheld by the magnitude rules ({})",
+        report["rows_released"],
+        report["cells_perturbed"],
         report["cells_suppressed"],
-        report["counts_rounded"]
+        report["rule"].as_str().unwrap_or("?"),
     ))
 }
 

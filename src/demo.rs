@@ -44,7 +44,7 @@ pub const QUESTIONS: &[(&str, &str)] = &[
     ),
     (
         "Contacts in the last year by setting, each node aggregating its own",
-        "SELECT setting, count(*) AS contacts, min(contact_date) AS first, max(contact_date) AS last \
+        "SELECT setting, count(*) AS contacts, count(DISTINCT pid) AS people \
          FROM combined.contacts WHERE contact_date >= DATE '2025-11-01' \
          GROUP BY setting ORDER BY setting",
     ),

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use carrow_governance::disclosure::Overrides;
 use carrow_governance::{Preset, Role, Rules};
 
 use crate::CoordinatorError;
@@ -68,7 +69,7 @@ pub struct UserConfig {
     pub password_hash: String,
 }
 
-/// Disclosure control: a preset, optionally with its thresholds overridden.
+/// Disclosure control: a preset, optionally with its parameters overridden.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DisclosureConfig {
@@ -76,17 +77,36 @@ pub struct DisclosureConfig {
     /// opensafely (7 or fewer redacted, round to 5) or pcornet (11).
     #[serde(default)]
     pub preset: Preset,
-    /// Rows of fewer persons than this are suppressed (overrides the preset).
+    /// Cells of fewer persons than this are suppressed (overrides the preset).
     pub min_persons: Option<u64>,
-    /// Counts are rounded to the nearest multiple of this (overrides the preset).
+    /// Released values are rounded to multiples of this many units.
     pub round_to: Option<u64>,
+    /// The sticky margin above `min_persons`: Binomial(this, 1/2) persons.
+    pub threshold_margin: Option<u32>,
+    /// (n,k) dominance rule for sums and averages.
+    pub dominance_n: Option<u32>,
+    /// (n,k) dominance rule, in percent.
+    pub dominance_k: Option<u32>,
+    /// The p% rule for sums and averages.
+    pub p_percent: Option<u32>,
+    /// The secret record keys are derived from (64 hex characters, mode
+    /// 0600); default `state_dir/cell-key.secret`, made at first start.
+    pub cell_key_secret_file: Option<PathBuf>,
 }
 
 impl DisclosureConfig {
     /// The rules this configuration gives.
     pub fn rules(&self) -> Result<Rules, CoordinatorError> {
-        Rules::new(self.preset, self.min_persons, self.round_to)
-            .map_err(|e| CoordinatorError::InvalidConfig(vec![format!("disclosure: {e}")]))
+        let overrides = Overrides {
+            min_persons: self.min_persons,
+            round_to: self.round_to,
+            threshold_margin: self.threshold_margin,
+            dominance_n: self.dominance_n,
+            dominance_k: self.dominance_k,
+            p_percent: self.p_percent,
+        };
+        Rules::new(self.preset, overrides)
+            .map_err(|e| CoordinatorError::InvalidConfig(vec![e.to_string()]))
     }
 }
 
@@ -204,10 +224,23 @@ impl CoordinatorConfig {
         }
     }
 
+    /// The cell-key secret's file.
+    pub fn cell_key_secret_file(&self) -> PathBuf {
+        self.disclosure
+            .cell_key_secret_file
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("cell-key.secret"))
+    }
+
     /// Resolves relative paths against `base`, the config file's directory.
     pub fn resolve_paths(&mut self, base: &Path) {
         if self.state_dir.is_relative() {
             self.state_dir = base.join(&self.state_dir);
+        }
+        if let Some(file) = &mut self.disclosure.cell_key_secret_file
+            && file.is_relative()
+        {
+            *file = base.join(&*file);
         }
         for n in &mut self.nodes {
             if n.token_file.is_relative() {

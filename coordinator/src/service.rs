@@ -8,12 +8,15 @@ use std::time::Duration;
 
 use std::time::Instant;
 
+use carrow_governance::disclosure::RecordKeys;
 use carrow_governance::roles::verify_password;
 use carrow_governance::{AuditLog, GovernanceError, NewRequest, Output, RequestStore, Role, Rules};
+use carrow_sql::flight::Stage;
 use carrow_sql::{Backend, Caller, QueryError, QueryScope, Released, RequestMeta};
 use datafusion::catalog::{
     CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider,
 };
+use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::SessionConfig;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
@@ -54,6 +57,10 @@ pub struct CoordinatorState {
     unreachable: std::sync::Mutex<Vec<(String, String)>>,
     /// Disclosure control for planners and aggregate research.
     rules: Rules,
+    /// The secret every project's record keys are derived from.
+    cell_key_secret: carrow_linkage::LinkageSecret,
+    /// Record keys by project, derived on first use.
+    record_keys: std::sync::Mutex<HashMap<String, Arc<RecordKeys>>>,
     /// Research requests and approvals.
     requests: RequestStore,
     /// The coordinator's hash-chained log of every query attempt and decision.
@@ -98,6 +105,7 @@ impl CoordinatorState {
         std::fs::create_dir_all(&config.state_dir).map_err(|e| {
             CoordinatorError::State(format!("cannot create {}: {e}", config.state_dir.display()))
         })?;
+        let cell_key_secret = cell_key_secret(&config.cell_key_secret_file())?;
         let requests = RequestStore::open(&config.state_dir.join(REQUESTS_FILE))
             .map_err(|e| CoordinatorError::State(e.to_string()))?;
         let audit = AuditLog::open(&config.state_dir.join(AUDIT_FILE))
@@ -109,6 +117,8 @@ impl CoordinatorState {
             nodes,
             unreachable: std::sync::Mutex::new(Vec::new()),
             rules,
+            cell_key_secret,
+            record_keys: std::sync::Mutex::new(HashMap::new()),
             requests,
             audit,
             linkage: tokio::sync::Mutex::new(HashMap::new()),
@@ -189,6 +199,21 @@ impl CoordinatorState {
         }
     }
 
+    /// The record keys of `project` (cell key method).
+    fn record_keys(&self, project: &str) -> Arc<RecordKeys> {
+        let mut keys = self.record_keys.lock().unwrap_or_else(|p| p.into_inner());
+        keys.entry(project.to_string())
+            .or_insert_with(|| {
+                let key = self
+                    .cell_key_secret
+                    .derive(&format!("carrow/v1/{project}/cell-key"));
+                let mut half = [0u8; 16];
+                half.copy_from_slice(&key[..16]);
+                Arc::new(RecordKeys::new(&half))
+            })
+            .clone()
+    }
+
     /// Nodes that did not answer the last catalog refresh.
     pub fn unreachable(&self) -> Vec<(String, String)> {
         self.unreachable
@@ -225,6 +250,21 @@ impl CoordinatorState {
             }
         }
     }
+}
+
+/// Loads the cell-key secret, or makes one (mode 0600) at first start.
+fn cell_key_secret(
+    path: &std::path::Path,
+) -> Result<carrow_linkage::LinkageSecret, CoordinatorError> {
+    let failed = |e: carrow_linkage::LinkageError| {
+        CoordinatorError::State(format!("cell-key secret {}: {e}", path.display()))
+    };
+    if !path.exists() {
+        let secret = carrow_linkage::LinkageSecret::generate().map_err(failed)?;
+        secret.write_new(path).map_err(failed)?;
+        tracing::info!(path = %path.display(), "made a new cell-key secret for disclosure control");
+    }
+    carrow_linkage::LinkageSecret::load(path).map_err(failed)
 }
 
 /// The coordinator's Flight SQL backend.
@@ -306,6 +346,57 @@ impl datafusion::execution::context::QueryPlanner for CoordinatorPlanner {
             .create_physical_plan(logical_plan, session_state)
             .await
     }
+}
+
+/// An execution error as the caller may see it: errors from nodes and
+/// Carrow's own (unreachable node, resources) keep their words; anything
+/// DataFusion or Arrow raised while computing over data is named by kind.
+fn redact_execution_error(err: DataFusionError) -> QueryError {
+    let root = err.find_root();
+    if let DataFusionError::External(inner) = root {
+        if let Some(e) = inner.downcast_ref::<QueryError>() {
+            return match e {
+                QueryError::Unavailable(m) => QueryError::Unavailable(m.clone()),
+                QueryError::Refused { rule, detail } => {
+                    QueryError::refused(rule.clone(), detail.clone())
+                }
+                QueryError::NotFound(m) => QueryError::NotFound(m.clone()),
+                QueryError::Invalid(m) => QueryError::Invalid(m.clone()),
+                QueryError::Unauthenticated(m) => QueryError::Unauthenticated(m.clone()),
+                QueryError::Internal(m) => QueryError::Internal(m.clone()),
+                QueryError::DataFusion(_) => QueryError::Internal("query execution failed".into()),
+            };
+        }
+        if let Some(status) = inner.downcast_ref::<tonic::Status>() {
+            return QueryError::Unavailable(status.message().to_string());
+        }
+    }
+    let kind = match root {
+        DataFusionError::ResourcesExhausted(_) => {
+            return QueryError::DataFusion(DataFusionError::ResourcesExhausted(
+                "the query needs more memory than its limit".into(),
+            ));
+        }
+        DataFusionError::ArrowError(e, _) => match e.as_ref() {
+            datafusion::arrow::error::ArrowError::DivideByZero => "division by zero",
+            datafusion::arrow::error::ArrowError::CastError(_) => {
+                "a value could not be converted (cast)"
+            }
+            datafusion::arrow::error::ArrowError::ComputeError(_) => "a computation failed",
+            datafusion::arrow::error::ArrowError::ArithmeticOverflow(_) => "arithmetic overflow",
+            _ => "an Arrow error",
+        },
+        DataFusionError::Execution(_) => "an execution error",
+        DataFusionError::IoError(_) => "an I/O error",
+        _ => "an internal error",
+    };
+    tracing::warn!(
+        kind,
+        "query execution failed (details withheld from the caller)"
+    );
+    QueryError::Internal(format!(
+        "query execution failed: {kind} (details are withheld because they could quote data)"
+    ))
 }
 
 fn random_query_id() -> String {
@@ -470,9 +561,13 @@ impl Backend for CoordinatorBackend {
             coverage: coverage.clone(),
             linkage,
         };
+        let keys = permit
+            .control
+            .map(|_| self.state.record_keys(&permit.project));
         Ok(Arc::new(CoordinatorScope {
             state: self.state.clone(),
             session: self.session(context),
+            keys,
             allow_partial,
             query_id,
             caller: caller.clone(),
@@ -588,6 +683,8 @@ struct CoordinatorScope {
     coverage: Arc<Coverage>,
     /// Disclosure control's rules, when the result is controlled.
     control: Option<Rules>,
+    /// The project's record keys, when the result is controlled.
+    keys: Option<Arc<RecordKeys>>,
     sink: ReportSink,
     request: Option<i64>,
     run: Option<i64>,
@@ -603,11 +700,27 @@ impl QueryScope for CoordinatorScope {
         &self.query_id
     }
 
+    /// A controlled plan is analyzed (types coerced, grouping functions
+    /// resolved) and checked against the planner query model.
     fn prepare_plan(&self, plan: LogicalPlan) -> Result<LogicalPlan, QueryError> {
-        match self.control {
-            Some(rules) => crate::disclosure::control(plan, rules, self.sink.clone()),
-            None => Ok(plan),
+        let (Some(rules), Some(keys)) = (self.control, &self.keys) else {
+            return Ok(plan);
+        };
+        let state = self.session.state();
+        let analyzed = state
+            .analyzer()
+            .execute_and_check(plan, state.config_options(), |_, _| {})
+            .map_err(|e| self.explain_failure(e, Stage::Planning))?;
+        crate::disclosure::control(analyzed, rules, keys.clone(), self.sink.clone())
+    }
+
+    /// Execution errors can quote data values: the caller learns their
+    /// kind only (a node's own message is already redacted by the node).
+    fn explain_failure(&self, err: DataFusionError, stage: Stage) -> QueryError {
+        if stage == Stage::Planning {
+            return QueryError::DataFusion(err);
         }
+        redact_execution_error(err)
     }
 
     fn finish(&self, sql: &str, outcome: Result<Released, &QueryError>) -> Option<String> {
@@ -649,6 +762,7 @@ impl QueryScope for CoordinatorScope {
             "nodes": self.coverage.nodes(),
             "fragments": self.coverage.fragments(),
             "disclosure": self.sink.get(),
+            "small_population": self.sink.get().is_some_and(|r| r.small_cells + r.cells_below_threshold > 0),
         }))
     }
 
@@ -657,7 +771,7 @@ impl QueryScope for CoordinatorScope {
         if let Some(report) = self.sink.get() {
             metadata.insert(
                 DISCLOSURE_KEY.to_string(),
-                serde_json::to_string(&report).unwrap_or_default(),
+                serde_json::to_string(&report.released).unwrap_or_default(),
             );
         }
         metadata

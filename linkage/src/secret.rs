@@ -94,6 +94,14 @@ impl LinkageSecret {
         file.sync_all().map_err(io_err)
     }
 
+    /// A 32-byte key for `info` (HKDF-SHA256), for other uses of a secret
+    /// of this kind (the coordinator's cell-key secret).
+    pub fn derive(&self, info: &str) -> Zeroizing<[u8; 32]> {
+        let mut key = Zeroizing::new([0u8; 32]);
+        crate::keys::hkdf_sha256(self.expose(), None, info.as_bytes(), key.as_mut());
+        key
+    }
+
     pub(crate) fn expose(&self) -> &[u8] {
         self.0.as_ref()
     }

@@ -53,7 +53,7 @@ fn disclosure(metadata: &std::collections::HashMap<String, String>) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn planners_see_only_aggregates_with_small_groups_suppressed_and_totals_protected() {
+async fn planners_see_released_aggregates_only_with_small_cells_removed_whole() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     generate(root, 5_000, 71);
@@ -61,32 +61,25 @@ async fn planners_see_only_aggregates_with_small_groups_suppressed_and_totals_pr
     let addr = cluster.coordinator.addr;
     let mut planner = login(addr, root, "planner").await;
 
-    // Row-level results, pid and values derived from counts are refused, saying why.
+    // Row-level results and pid are refused, naming the construct.
     for (sql, why) in [
         (
             "SELECT birth_year, sex FROM gp.registrations",
             "rows of table",
         ),
-        (
-            "SELECT pid FROM council.clients",
-            "column pid is a person's pseudonym",
-        ),
+        ("SELECT pid FROM council.clients", "rows of table"),
         (
             "SELECT pid, count(*) FROM acute.admissions GROUP BY pid",
-            "pid",
+            "grouping by pid",
         ),
         (
-            "SELECT sex, count(*) * 2 FROM gp.registrations GROUP BY sex",
-            "computes a value from a count",
-        ),
-        (
-            "SELECT area_code, count(*) FROM council.clients GROUP BY area_code UNION ALL SELECT 'all', count(*) FROM council.clients",
-            "a union",
+            "SELECT area_code, max(weekly_cost) FROM council.care_packages GROUP BY area_code",
+            "max(...) is refused",
         ),
     ] {
         let err = query(&mut planner, sql).await.unwrap_err();
         assert!(
-            err.contains("refused by rule `aggregates only`") && err.contains(why),
+            err.contains("refused by rule `planner query model`") && err.contains(why),
             "{sql}: {err}"
         );
     }
@@ -101,10 +94,10 @@ async fn planners_see_only_aggregates_with_small_groups_suppressed_and_totals_pr
     );
     assert_eq!(areas.len(), 10);
 
-    // Groups of fewer than 10 persons are suppressed; the others are rounded.
-    let sql = "SELECT area_code, count(*) AS clients FROM council.clients GROUP BY area_code";
-    let exact_sql =
-        "SELECT area_code, count(*), count(DISTINCT pid) FROM council.clients GROUP BY area_code";
+    // Cells of fewer than 10 persons are removed whole, grouping value
+    // included; the others are perturbed and rounded near the exact count.
+    let sql = "SELECT birth_year, count(*) AS people FROM gp.registrations GROUP BY birth_year";
+    let exact_sql = "SELECT birth_year, count(*), count(DISTINCT pid) FROM gp.registrations GROUP BY birth_year";
     let mut researcher =
         crate::support::approved_researcher(addr, root, &[exact_sql], "extract").await;
     let exact: BTreeMap<String, (i64, i64)> =
@@ -117,28 +110,45 @@ async fn planners_see_only_aggregates_with_small_groups_suppressed_and_totals_pr
         .into_iter()
         .map(|r| (r[0].clone(), r[1].clone()))
         .collect();
-    let (mut suppressed, mut shown) = (0, 0);
-    for (area, (count, persons)) in &exact {
-        let got = &released[area];
-        if *persons < 10 {
-            assert_eq!(got, "", "{area}: {persons} persons must be suppressed");
-            suppressed += 1;
-        } else {
-            assert_eq!(
-                got,
-                &((count + 2) / 5 * 5).to_string(),
-                "{area}: rounded to 5"
-            );
-            shown += 1;
+    let (mut withheld, mut shown, mut perturbed) = (0, 0, 0);
+    for (year, (count, persons)) in &exact {
+        match released.get(year) {
+            None => {
+                assert!(
+                    *persons < 14,
+                    "{year}: {persons} persons are always released"
+                );
+                withheld += 1;
+            }
+            Some(got) => {
+                assert!(
+                    *persons >= 10,
+                    "{year}: {persons} persons must not be released"
+                );
+                assert!(
+                    crate::support::released_near(got, *count),
+                    "{year}: {count} -> {got}"
+                );
+                perturbed += usize::from(got != &count.to_string());
+                shown += 1;
+            }
         }
     }
     assert!(
-        suppressed > 0 && shown > 0,
-        "the data has small and large areas"
+        withheld > 0 && shown > 0,
+        "the data has small and large years: {exact:?} {released:?}"
+    );
+    assert!(perturbed > 0, "released counts are not the exact ones");
+    assert!(
+        released.keys().all(|k| exact.contains_key(k)),
+        "no grouping value of a withheld cell appears"
     );
     let report = disclosure(&metadata);
-    assert_eq!(report["rows_suppressed"], suppressed, "{report}");
-    assert_eq!(report["cells_suppressed"], suppressed, "{report}");
+    assert_eq!(report["rows_released"], shown, "{report}");
+    assert!(
+        report.get("rows_suppressed").is_none() || report["rows_suppressed"] == 0,
+        "how many cells were withheld is not told to the planner: {report}"
+    );
     assert!(
         report["rule"]
             .as_str()
@@ -146,55 +156,45 @@ async fn planners_see_only_aggregates_with_small_groups_suppressed_and_totals_pr
             .contains("fewer than 10 persons"),
         "{report}"
     );
+    // The same cells asked another way get the same answers (sticky noise).
+    let again: BTreeMap<String, String> = rows(
+        &query(
+            &mut planner,
+            "SELECT birth_year AS y, count(*) FROM gp.registrations WHERE sex IS NOT NULL OR sex IS NULL GROUP BY 1",
+        )
+        .await
+        .unwrap(),
+    )
+    .into_iter()
+    .map(|r| (r[0].clone(), r[1].clone()))
+    .collect();
+    assert_eq!(again, released);
 
-    // ROLLUP totals: every total over a suppressed cell is suppressed too,
-    // so no suppressed cell can be had by subtracting released cells from a
-    // released total.
-    let rollup = "SELECT area_code, service_type, count(*) AS packages FROM council.care_packages GROUP BY ROLLUP (area_code, service_type)";
-    let (batches, metadata) = query_with_metadata(&mut planner, rollup).await.unwrap();
-    let cells: Vec<(String, String, String)> = rows(&batches)
-        .into_iter()
-        .map(|r| (r[0].clone(), r[1].clone(), r[2].clone()))
-        .collect();
-    let hidden = |a: &str, s: &str| cells.iter().any(|c| c.0 == a && c.1 == s && c.2.is_empty());
-    let mut details_hidden = 0;
-    for (area, service, count) in &cells {
-        if !area.is_empty() && !service.is_empty() && count.is_empty() {
-            details_hidden += 1;
-            assert!(
-                hidden(area, ""),
-                "area total of {area} must be hidden with its {service} cell"
-            );
-            assert!(
-                hidden("", ""),
-                "the grand total must be hidden with {area}/{service}"
-            );
-        }
-        if !count.is_empty() {
-            assert_eq!(
-                count.parse::<i64>().unwrap() % 5,
-                0,
-                "released counts are rounded"
-            );
-        }
-    }
-    assert!(details_hidden > 0);
-    // A released area total has all its cells released: nothing to subtract.
-    for (area, service, count) in &cells {
-        if !area.is_empty() && service.is_empty() && !count.is_empty() {
-            assert!(
-                !cells
-                    .iter()
-                    .any(|c| &c.0 == area && !c.1.is_empty() && c.2.is_empty()),
-                "area {area} total is released while one of its cells is hidden"
-            );
-        }
-    }
-    let report = disclosure(&metadata);
+    // ROLLUP totals are cells in their own right, perturbed by their own
+    // persons: every released cell, total or not, has at least 10 persons.
+    let rollup = "SELECT area_code, service_type, count(DISTINCT pid) AS people FROM council.care_packages GROUP BY ROLLUP (area_code, service_type)";
+    let exact_rollup = "SELECT area_code, service_type, count(DISTINCT pid) FROM council.care_packages GROUP BY ROLLUP (area_code, service_type)";
+    let mut researcher =
+        crate::support::approved_researcher(addr, root, &[exact_rollup], "extract").await;
+    let truth: BTreeMap<(String, String), i64> =
+        rows(&query(&mut researcher, exact_rollup).await.unwrap())
+            .into_iter()
+            .map(|r| ((r[0].clone(), r[1].clone()), r[2].parse().unwrap()))
+            .collect();
+    let cells = rows(&query(&mut planner, rollup).await.unwrap());
     assert!(
-        report["totals_suppressed"].as_u64().unwrap() > 0,
-        "{report}"
+        cells.iter().any(|c| c[0].is_empty() && c[1].is_empty()),
+        "the grand total"
     );
+    for c in &cells {
+        let exact = truth[&(c[0].clone(), c[1].clone())];
+        assert!(exact >= 10, "{c:?} is about {exact} persons");
+        assert!(
+            crate::support::released_near(&c[2], exact),
+            "{c:?} vs {exact}"
+        );
+    }
+    assert!(cells.len() < truth.len(), "some detail cells are withheld");
 
     // A controlled result keeps its ORDER BY.
     let ordered = crate::support::ordered_rows(
@@ -217,6 +217,37 @@ async fn planners_see_only_aggregates_with_small_groups_suppressed_and_totals_pr
         err.contains("governance users review requests") && err.contains("run no data queries"),
         "{err}"
     );
+
+    // The audit log tells the board what the planner was not told: how
+    // many cells were withheld, and which queries were about small populations.
+    let log = std::fs::read_to_string(root.join("coordinator/state/audit.jsonl")).unwrap();
+    let record = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|r| r["body"]["sql"] == sql)
+        .expect("the planner's query is audited");
+    assert_eq!(
+        record["body"]["disclosure"]["cells_below_threshold"], withheld,
+        "{record}"
+    );
+    assert_eq!(record["body"]["small_population"], true, "{record}");
+    let out = run(&[
+        "audit",
+        "show",
+        root.join("coordinator/state/audit.jsonl").to_str().unwrap(),
+    ]);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let planner_line = printed
+        .lines()
+        .find(|l| l.starts_with("planner "))
+        .unwrap_or_else(|| panic!("a per-user summary in\n{printed}"));
+    let small: u64 = planner_line
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(small >= 2, "{planner_line}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

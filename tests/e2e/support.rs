@@ -261,3 +261,16 @@ pub async fn approved_researcher(
     }
     researcher
 }
+
+/// The most a released person count can differ from the exact one under
+/// the default preset: a perturbation of at most 5, then rounding to 5.
+pub const MAX_COUNT_ERROR: i64 = 7;
+
+/// Whether `released` is what disclosure control may release for an exact
+/// count of `exact` persons under the default preset: a multiple of 5
+/// within [`MAX_COUNT_ERROR`] of it.
+pub fn released_near(released: &str, exact: i64) -> bool {
+    released
+        .parse::<i64>()
+        .is_ok_and(|r| r % 5 == 0 && (r - exact).abs() <= MAX_COUNT_ERROR)
+}
