@@ -36,6 +36,17 @@ struct Figure {
     title: &'static str,
     central: Duration,
     federated: Duration,
+    /// The same question asked by a planner, under disclosure control
+    /// (the demo's questions only).
+    controlled: Option<Duration>,
+}
+
+impl Figure {
+    /// Controlled time over the same question uncontrolled (both federated).
+    fn control_ratio(&self) -> Option<f64> {
+        self.controlled
+            .map(|c| c.as_secs_f64() / self.federated.as_secs_f64())
+    }
 }
 
 /// Runs the benchmark at each size in `records`.
@@ -59,20 +70,27 @@ pub async fn run(
         }
         all.push((size, result?));
     }
-    println!("\n== summary (median of {repeat} runs; ratio = federated / central)");
     println!(
-        "{:>12}  {:<62} {:>11} {:>13} {:>7}",
-        "records", "query", "central ms", "federated ms", "ratio"
+        "\n== summary (median of {repeat} runs; ratio = federated / central; \
+         control = planner under disclosure control / the same question uncontrolled)"
+    );
+    println!(
+        "{:>12}  {:<62} {:>11} {:>13} {:>7} {:>14} {:>8}",
+        "records", "query", "central ms", "federated ms", "ratio", "controlled ms", "control"
     );
     for (size, (actual, figures)) in &all {
         for f in figures {
             println!(
-                "{:>12}  {:<62} {:>11.1} {:>13.1} {:>7.2}",
+                "{:>12}  {:<62} {:>11.1} {:>13.1} {:>7.2} {:>14} {:>8}",
                 format!("{size} ({actual})"),
                 truncate(f.title, 62),
                 ms(f.central),
                 ms(f.federated),
-                f.federated.as_secs_f64() / f.central.as_secs_f64()
+                f.federated.as_secs_f64() / f.central.as_secs_f64(),
+                f.controlled
+                    .map_or("-".to_string(), |c| format!("{:.1}", ms(c))),
+                f.control_ratio()
+                    .map_or("-".to_string(), |r| format!("{r:.2}")),
             );
         }
     }
@@ -133,6 +151,10 @@ async fn run_size(
         .collect();
     let url = format!("http://{}", cluster.coordinator.addr);
     let mut planner = crate::demo::approved_researcher(dir, &url, &sqls, "extract").await?;
+    // A planner asks the demo's questions again under disclosure control.
+    let password = std::fs::read_to_string(dir.join("secrets/planner.token"))
+        .context("reading the planner's password")?;
+    let mut controlled = client::connect(&url, "planner", password.trim()).await?;
 
     let mut figures = Vec::new();
     for (title, sql) in QUESTIONS.iter().chain(SINGLE_NODE) {
@@ -145,7 +167,11 @@ async fn run_size(
             rows(&expected),
             rows(&got)
         );
-        let (mut c, mut f) = (Vec::new(), Vec::new());
+        let is_demo_question = QUESTIONS.iter().any(|(_, q)| q == sql);
+        if is_demo_question {
+            client::run_query(&mut controlled, sql).await?;
+        }
+        let (mut c, mut f, mut d) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..repeat {
             let t = Instant::now();
             central.sql(sql).await?.collect().await?;
@@ -153,18 +179,28 @@ async fn run_size(
             let t = Instant::now();
             client::run_query(&mut planner, sql).await?;
             f.push(t.elapsed());
+            if is_demo_question {
+                let t = Instant::now();
+                client::run_query(&mut controlled, sql).await?;
+                d.push(t.elapsed());
+            }
         }
         let figure = Figure {
             title,
             central: median(c),
             federated: median(f),
+            controlled: (!d.is_empty()).then(|| median(d)),
         };
         println!(
-            "   {:<62} central {:>9.1} ms  federated {:>9.1} ms  ratio {:.2}",
+            "   {:<62} central {:>9.1} ms  federated {:>9.1} ms  ratio {:.2}{}",
             truncate(title, 62),
             ms(figure.central),
             ms(figure.federated),
-            figure.federated.as_secs_f64() / figure.central.as_secs_f64()
+            figure.federated.as_secs_f64() / figure.central.as_secs_f64(),
+            figure.control_ratio().map_or(String::new(), |r| format!(
+                "  controlled {:>9.1} ms  control {r:.2}",
+                ms(figure.controlled.unwrap_or_default())
+            ))
         );
         figures.push(figure);
     }

@@ -446,6 +446,8 @@ const EXTRA_APPROVED: &[&str] = &[
 
 /// Queries run federated and centrally; both must give the same rows.
 const DIFFERENTIAL: &[&str] = &[
+    // partial aggregates of a combined table, order statistics included
+    "SELECT setting, count(*) AS contacts, min(contact_date) AS first, max(contact_date) AS last FROM combined.contacts WHERE contact_date >= DATE '2025-11-01' GROUP BY setting ORDER BY setting",
     // single node: filters, aggregates, sorts, limits, windows, subqueries
     "SELECT count(*) FROM acute.admissions WHERE admission_method = 'emergency' AND birth_year < 1950",
     "SELECT sex, count(*) FROM gp.registrations GROUP BY sex",

@@ -2,6 +2,7 @@
 //! 127.0.0.1. One test binary with a module per area, to save link time.
 
 mod adbc;
+mod attacks;
 mod cli;
 mod coordinator;
 mod febrl;

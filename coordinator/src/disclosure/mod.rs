@@ -14,6 +14,7 @@
 //! construct.
 
 mod exec;
+mod functions;
 mod model;
 mod node;
 
@@ -267,7 +268,13 @@ fn per_person_aggregate(
     pid: datafusion::common::Column,
     measures: &[Measure],
 ) -> Result<(LogicalPlan, Vec<Vec<usize>>), DataFusionError> {
-    let mut group_expr = groups.to_vec();
+    // Nothing below the release may fail on a value: its failure would answer.
+    let input = Arc::new(functions::make_plan_total(
+        aggregate.input.as_ref().clone(),
+    )?);
+    let schema = input.schema().as_ref().clone();
+    let total = |e: &Expr| functions::make_total(e.clone(), &schema);
+    let mut group_expr = groups.iter().map(total).collect::<Result<Vec<_>, _>>()?;
     group_expr.push(Expr::Column(pid));
     let mut aggr_expr = Vec::new();
     let mut layout = Vec::new();
@@ -280,30 +287,35 @@ fn per_person_aggregate(
             )));
         };
         let part = |func: Arc<datafusion::logical_expr::AggregateUDF>, name: &str| {
-            Expr::AggregateFunction(AggregateFunction::new_udf(
-                func,
-                f.params.args.clone(),
-                false,
-                f.params.filter.clone(),
-                vec![],
-                None,
-            ))
-            .alias(format!("__carrow_m{i}_{name}"))
+            let args = f
+                .params
+                .args
+                .iter()
+                .map(total)
+                .collect::<Result<Vec<_>, _>>()?;
+            let filter = f.params.filter.as_deref().map(total).transpose()?;
+            Ok::<_, DataFusionError>(
+                Expr::AggregateFunction(AggregateFunction::new_udf(
+                    func,
+                    args,
+                    false,
+                    filter.map(Box::new),
+                    vec![],
+                    None,
+                ))
+                .alias(format!("__carrow_m{i}_{name}")),
+            )
         };
         let parts: Vec<Expr> = match measure {
             Measure::Persons => vec![],
-            Measure::Rows => vec![part(count_udaf(), "rows")],
-            Measure::Sum => vec![part(sum_udaf(), "sum")],
-            Measure::Avg => vec![part(sum_udaf(), "sum"), part(count_udaf(), "rows")],
+            Measure::Rows => vec![part(count_udaf(), "rows")?],
+            Measure::Sum => vec![part(sum_udaf(), "sum")?],
+            Measure::Avg => vec![part(sum_udaf(), "sum")?, part(count_udaf(), "rows")?],
         };
         layout.push((first + aggr_expr.len()..first + aggr_expr.len() + parts.len()).collect());
         aggr_expr.extend(parts);
     }
-    let plan = LogicalPlan::Aggregate(Aggregate::try_new(
-        aggregate.input.clone(),
-        group_expr,
-        aggr_expr,
-    )?);
+    let plan = LogicalPlan::Aggregate(Aggregate::try_new(input, group_expr, aggr_expr)?);
     Ok((plan, layout))
 }
 

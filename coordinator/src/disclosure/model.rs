@@ -212,13 +212,13 @@ impl Model {
                 && relation.kinds.get(index).copied().flatten().is_some()
             {
                 return Err(format!(
-                    "{} uses pid: pid may appear only as a join key (`ON a.pid = b.pid`), \
-                     in `pid IN (SELECT pid ...)`, in a per-person subquery's GROUP BY and in count(DISTINCT pid)",
-                    expr.schema_name()
+                    "{expr} uses pid: pid may appear only as a join key (`ON a.pid = b.pid`), \
+                     in `pid IN (SELECT pid ...)`, in a per-person subquery's GROUP BY and in count(DISTINCT pid)"
                 ));
             }
         }
-        check_expression(expr)
+        check_expression(expr)?;
+        super::functions::check_total(expr)
     }
 
     /// The relation a plan below a released aggregate computes.
@@ -339,6 +339,12 @@ impl Model {
                     let Expr::WindowFunction(f) = unalias(expr) else {
                         return Err(format!("{} is not a window function", expr.schema_name()));
                     };
+                    let name = f.fun.name().to_ascii_lowercase();
+                    if !super::functions::PER_PERSON_WINDOWS.contains(&name.as_str()) {
+                        return Err(format!(
+                            "{name}(...) is not among the window functions a per-person window may compute"
+                        ));
+                    }
                     let params = &f.params;
                     if class.is_some()
                         && !params
@@ -591,6 +597,12 @@ impl Model {
             let Expr::AggregateFunction(f) = unalias(e) else {
                 return Err(format!("{} is not an aggregate", e.schema_name()));
             };
+            let name = f.func.name().to_ascii_lowercase();
+            if !super::functions::PER_PERSON_AGGREGATES.contains(&name.as_str()) {
+                return Err(format!(
+                    "{name}(...) is not among the aggregates a per-person subquery may compute"
+                ));
+            }
             let params = &f.params;
             for arg in params
                 .args

@@ -468,6 +468,33 @@ async fn the_model_refuses_everything_else_naming_the_construct() {
 }
 
 #[tokio::test]
+async fn divisions_and_casts_below_the_release_cannot_fail() {
+    let ctx = session().await;
+    let sql = "SELECT CAST(area_code AS INT) AS a, count(*) FROM council.clients \
+               WHERE 100 / (birth_year - 1930) > 1 AND birth_year % birth_year = 0 GROUP BY 1";
+    let text = controlled(&ctx, sql)
+        .await
+        .unwrap()
+        .display_indent()
+        .to_string();
+    let below = text.split("DisclosureControl").nth(1).unwrap();
+    assert!(
+        below.contains("TRY_CAST(council.clients.area_code AS Int32)"),
+        "{text}"
+    );
+    assert!(!below.contains(" CAST("), "{text}");
+    assert_eq!(below.matches("nullif(").count(), 2, "{text}");
+    // A division by a non-zero literal is left alone.
+    let sql = "SELECT birth_year / 10 AS d, count(*) FROM council.clients GROUP BY 1";
+    let text = controlled(&ctx, sql)
+        .await
+        .unwrap()
+        .display_indent()
+        .to_string();
+    assert!(!text.contains("nullif"), "{text}");
+}
+
+#[tokio::test]
 async fn having_order_and_limit_run_above_the_release_after_optimisation() {
     let ctx = session().await;
     let sql = "SELECT area_code, count(*) AS n FROM council.clients GROUP BY area_code \
