@@ -251,7 +251,8 @@ pub fn linkage(records: usize, seed: u64) -> anyhow::Result<()> {
 
     println!("== linkage: {records} records against {records} (seed {seed})");
     let started = Instant::now();
-    let (people, copies) = carrow_synth::people_and_messy_copies(records, seed);
+    let (population, copies) = carrow_synth::people_and_messy_copies(records, seed);
+    let people = &population.people;
     println!("   generated in {:.1} s", started.elapsed().as_secs_f64());
     let secret = LinkageSecret::generate()?;
     let (tokeniser, fields) = (
@@ -275,6 +276,7 @@ pub fn linkage(records: usize, seed: u64) -> anyhow::Result<()> {
             date_of_birth: Some(&dob),
             sex: Some(sex),
             postcode: Some(&p.postcode),
+            address: Some(&p.address),
             ..Default::default()
         })
     });
@@ -286,6 +288,7 @@ pub fn linkage(records: usize, seed: u64) -> anyhow::Result<()> {
             date_of_birth: c[3].as_deref(),
             sex: c[4].as_deref(),
             postcode: c[5].as_deref(),
+            address: c[6].as_deref(),
             ..Default::default()
         })
     });

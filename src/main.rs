@@ -446,50 +446,75 @@ fn print_link_report(project: &str, index: &carrow_coordinator::linkage::Linkage
             index.missing_nodes.join(", ")
         );
     }
+    for (label, value) in [
+        ("records linked by the same pid at a node", r.linked_by_pid),
+        ("records linked by NHS number", r.linked_by_nhs_number),
+        ("records linked by match score", r.linked_by_score),
+        ("candidate pairs scored", r.candidate_pairs),
+        (
+            "pairs labelled matches (shared NHS number or id)",
+            r.labelled_pairs,
+        ),
+        ("uncertain pairs (near the threshold)", r.uncertain_pairs),
+        (
+            "links refused: only the home agreed",
+            r.refused_without_person_evidence,
+        ),
+        ("blocks too large to score", r.blocks_skipped),
+    ] {
+        println!("  {label:<50} {value:>9}");
+    }
     println!(
-        "  records linked by the same pid           {:>9}",
-        r.linked_by_pid
+        "  {:<50} {:>9.2e}",
+        "chance two random records match", r.estimated_match_share
     );
     println!(
-        "  records linked by NHS number             {:>9}",
-        r.linked_by_nhs_number
+        "  {:<50} {:>9.2}",
+        "most household fields add (log2)", r.household_cap
     );
-    println!(
-        "  records linked by name, birth date, sex  {:>9}",
-        r.linked_by_name_dob_sex
-    );
-    println!(
-        "  records linked by match score            {:>9}",
-        r.linked_by_score
-    );
-    println!(
-        "  candidate pairs scored                   {:>9}",
-        r.candidate_pairs
-    );
-    println!(
-        "  uncertain pairs (near the threshold)     {:>9}",
-        r.uncertain_pairs
-    );
-    println!(
-        "  blocks too large to score                {:>9}",
-        r.blocks_skipped
-    );
-    println!(
-        "  chance two random records match          {:>9.2e}",
-        r.estimated_match_share
-    );
+
+    println!("\n  merges refused by constraint");
+    if r.refused.is_empty() {
+        println!("    none");
+    }
+    for refused in &r.refused {
+        println!("    {:<60} {:>9}", refused.description, refused.merges);
+    }
+
+    println!("\n  {:<12} {:>9}", "group size", "groups");
+    for (size, count) in &r.group_sizes {
+        println!("  {size:<12} {count:>9}");
+    }
+    if !r.largest_groups.is_empty() {
+        println!("\n  largest groups (node:pid prefix) and the links that joined them");
+    }
+    for group in &r.largest_groups {
+        println!("    {} records: {}", group.records, group.members.join(" "));
+        for link in &group.links {
+            println!("      {link}");
+        }
+    }
+
     println!("\n  {:<44} {:>9}", "blocking rule", "pairs");
     for rule in &r.pairs_by_rule {
         println!("  {:<44} {:>9}", rule.rule, rule.pairs);
     }
     println!(
-        "\n  {:<14} {:<12} {:>9} {:>9} {:>8}",
+        "\n  {:<14} {:<12} {:>9} {:>9} {:>8}  m from",
         "comparison", "level", "m", "u", "weight"
     );
     for w in &r.weights {
         println!(
-            "  {:<14} {:<12} {:>9.4} {:>9.5} {:>8.2}",
-            w.comparison, w.level, w.m, w.u, w.weight
+            "  {:<14} {:<12} {:>9.4} {:>9.5} {:>8.2}  {}",
+            w.comparison,
+            w.level,
+            w.m,
+            w.u,
+            w.weight,
+            match w.m_source {
+                carrow_linkage::estimate::MSource::Labels => "labels",
+                carrow_linkage::estimate::MSource::Em => "EM",
+            }
         );
     }
 }

@@ -51,6 +51,14 @@ pub struct CoordinatorConfig {
     /// true); when false, records join on `pid` alone.
     #[serde(default = "default_true")]
     pub link_records: bool,
+    /// A linkage rebuild that leaves a group of more records than this is
+    /// logged as a warning (one person has a record or two per node).
+    #[serde(default = "default_link_group_warning_size")]
+    pub link_group_warning_size: usize,
+}
+
+fn default_link_group_warning_size() -> usize {
+    10
 }
 
 fn default_true() -> bool {

@@ -42,14 +42,18 @@ pub async fn build_for(
             std::time::Duration::from_millis(config.query_timeout_ms),
         )));
     }
-    build(&nodes, project, None).await
+    build(&nodes, project, None, config.link_group_warning_size).await
 }
 
 /// One project's person keys.
 #[derive(Debug)]
 pub struct LinkageIndex {
-    /// pid to person key, for every pid whose key differs from it.
-    keys: HashMap<Token, Token>,
+    /// (node, pid) to person key, for every pid whose key differs from it.
+    /// Keyed by node too: one pid at two nodes can be two people (a record
+    /// carrying a relative's NHS number has the relative's pid).
+    keys: HashMap<(u32, Token), Token>,
+    /// Each node's position in the index.
+    sources: HashMap<String, u32>,
     /// What linkage did, per rule, with the estimated weights.
     pub report: LinkReport,
     /// Nodes whose tokens were missing (unreachable): their records link
@@ -63,13 +67,17 @@ pub struct LinkageIndex {
 }
 
 impl LinkageIndex {
-    /// The person key of `pid`.
-    pub fn key(&self, pid: &Token) -> Token {
-        self.keys.get(pid).copied().unwrap_or(*pid)
+    /// The person key of `pid` as node `source` sends it.
+    pub fn key(&self, source: u32, pid: &Token) -> Token {
+        self.keys.get(&(source, *pid)).copied().unwrap_or(*pid)
     }
 
-    /// `batch` with every pid column (`FixedSizeBinary(16)`) mapped to person keys.
-    pub fn map_batch(&self, batch: RecordBatch) -> Result<RecordBatch> {
+    /// `batch` from `node` with every pid column (`FixedSizeBinary(16)`)
+    /// mapped to person keys.
+    pub fn map_batch(&self, node: &str, batch: RecordBatch) -> Result<RecordBatch> {
+        let Some(&source) = self.sources.get(node) else {
+            return Ok(batch);
+        };
         if self.keys.is_empty() {
             return Ok(batch);
         }
@@ -77,14 +85,16 @@ impl LinkageIndex {
             .columns()
             .iter()
             .map(|column| match column.data_type() {
-                DataType::FixedSizeBinary(n) if *n as usize == TOKEN_LEN => self.map_column(column),
+                DataType::FixedSizeBinary(n) if *n as usize == TOKEN_LEN => {
+                    self.map_column(source, column)
+                }
                 _ => Ok(column.clone()),
             })
             .collect::<Result<_>>()?;
         Ok(RecordBatch::try_new(batch.schema(), columns)?)
     }
 
-    fn map_column(&self, column: &ArrayRef) -> Result<ArrayRef> {
+    fn map_column(&self, source: u32, column: &ArrayRef) -> Result<ArrayRef> {
         let pids = column
             .as_any()
             .downcast_ref::<FixedSizeBinaryArray>()
@@ -96,7 +106,7 @@ impl LinkageIndex {
             } else {
                 let mut pid = [0u8; TOKEN_LEN];
                 pid.copy_from_slice(pids.value(i));
-                out.append_value(self.key(&pid))?;
+                out.append_value(self.key(source, &pid))?;
             }
         }
         Ok(std::sync::Arc::new(out.finish()))
@@ -109,6 +119,7 @@ pub async fn build(
     nodes: &[Arc<NodeClient>],
     project: &str,
     previous: Option<Arc<LinkageIndex>>,
+    warn_group_size: usize,
 ) -> Result<Arc<LinkageIndex>, QueryError> {
     let started = std::time::Instant::now();
     // Nodes name their token table's version: when no version changed, the
@@ -159,7 +170,7 @@ pub async fn build(
     let mut nodes_with_merged_records = BTreeSet::new();
     for (record, key) in records.iter().zip(&linkage.keys) {
         if *key != record.pid {
-            keys.insert(record.pid, *key);
+            keys.insert((record.source, record.pid), *key);
         }
         let first = first_pid_at_node
             .entry((record.source, *key))
@@ -173,15 +184,30 @@ pub async fn build(
         records = linkage.report.records,
         persons = linkage.report.persons,
         by_nhs_number = linkage.report.linked_by_nhs_number,
-        by_name_dob_sex = linkage.report.linked_by_name_dob_sex,
         by_score = linkage.report.linked_by_score,
+        refused_merges = linkage.report.refused.iter().map(|r| r.merges).sum::<usize>(),
+        largest_group = linkage.report.largest_group(),
         uncertain_pairs = linkage.report.uncertain_pairs,
         nodes_with_merged_records = ?nodes_with_merged_records,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "linkage index built"
     );
+    if linkage.report.largest_group() > warn_group_size {
+        tracing::warn!(
+            %project,
+            largest_group = linkage.report.largest_group(),
+            limit = warn_group_size,
+            "the linkage index holds a group of more records than one person usually has: check `carrow link report`"
+        );
+    }
+    let sources = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.name.clone(), i as u32))
+        .collect();
     Ok(Arc::new(LinkageIndex {
         keys,
+        sources,
         report: linkage.report,
         missing_nodes,
         nodes_with_merged_records,

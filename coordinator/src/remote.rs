@@ -493,7 +493,7 @@ impl NodeClient {
                             open.rows += batch.num_rows() as u64;
                             coverage.update(&name, |c| c.rows += batch.num_rows() as u64);
                             let batch = match &linkage {
-                                Some(index) => index.map_batch(batch),
+                                Some(index) => index.map_batch(&name, batch),
                                 None => Ok(batch),
                             };
                             Some((batch, (decoded, pending)))

@@ -167,7 +167,14 @@ impl CoordinatorState {
         let projects: Vec<String> = indexes.keys().cloned().collect();
         for project in projects {
             let previous = indexes.get(&project).cloned();
-            match crate::linkage::build(&self.nodes, &project, previous).await {
+            match crate::linkage::build(
+                &self.nodes,
+                &project,
+                previous,
+                self.config.link_group_warning_size,
+            )
+            .await
+            {
                 Ok(index) => {
                     indexes.insert(project, index);
                 }
@@ -187,7 +194,14 @@ impl CoordinatorState {
         if let Some(index) = indexes.get(project) {
             return Some(index.clone());
         }
-        match crate::linkage::build(&self.nodes, project, None).await {
+        match crate::linkage::build(
+            &self.nodes,
+            project,
+            None,
+            self.config.link_group_warning_size,
+        )
+        .await
+        {
             Ok(index) => {
                 indexes.insert(project.to_string(), index.clone());
                 Some(index)

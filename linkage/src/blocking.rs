@@ -3,10 +3,11 @@
 //! linkage never compares all pairs. Each key pairs two fields (so one wrong
 //! field still leaves a pair another rule); none is as coarse as a date of
 //! birth alone, which at a million records puts dozens of strangers in
-//! every block. A national id within one edit is strong enough alone.
+//! every block. An NHS number, or a national id within one edit, is strong
+//! enough alone.
 
+use crate::comparison::bit;
 use crate::fields::FieldTokens;
-use crate::matching::bit;
 use crate::token::Token;
 
 /// A block key: up to three tokens (unused places are zero).
@@ -59,6 +60,12 @@ fn address_word_pairs(f: &FieldTokens, out: &mut Vec<BlockKey>) {
 
 /// The rules, in the order their pairs are found.
 pub const BLOCKING_RULES: &[BlockingRule] = &[
+    BlockingRule {
+        name: "NHS number",
+        keys: |f, out| push(out, [f.nhs_number, Some(NONE), Some(NONE)]),
+        fixed: bit::NHS,
+        max_block: None,
+    },
     BlockingRule {
         name: "date of birth and postcode",
         keys: |f, out| push(out, [f.dob, f.postcode, Some(NONE)]),

@@ -24,6 +24,7 @@ pub enum Field {
     Family,
     Given,
     GivenInitial,
+    GivenCanonical,
     FamilyPhonetic,
     Dob,
     DobYear,
@@ -43,12 +44,13 @@ pub enum Field {
 
 impl Field {
     /// Every field, in column order: single tokens, then token lists.
-    pub const ALL: [Field; 20] = [
+    pub const ALL: [Field; 21] = [
         Field::NhsNumber,
         Field::NationalId,
         Field::Family,
         Field::Given,
         Field::GivenInitial,
+        Field::GivenCanonical,
         Field::FamilyPhonetic,
         Field::Dob,
         Field::DobYear,
@@ -74,6 +76,7 @@ impl Field {
             Field::Family => "family",
             Field::Given => "given",
             Field::GivenInitial => "given_initial",
+            Field::GivenCanonical => "given_canonical",
             Field::FamilyPhonetic => "family_phonetic",
             Field::Dob => "dob",
             Field::DobYear => "dob_year",
@@ -127,6 +130,8 @@ pub struct FieldTokens {
     pub family: Option<Token>,
     pub given: Option<Token>,
     pub given_initial: Option<Token>,
+    /// The given name's canonical form (a nickname's full name).
+    pub given_canonical: Option<Token>,
     pub family_phonetic: Option<Token>,
     pub dob: Option<Token>,
     pub dob_year: Option<Token>,
@@ -160,6 +165,7 @@ impl FieldTokens {
             Field::Family => self.family.as_ref(),
             Field::Given => self.given.as_ref(),
             Field::GivenInitial => self.given_initial.as_ref(),
+            Field::GivenCanonical => self.given_canonical.as_ref(),
             Field::FamilyPhonetic => self.family_phonetic.as_ref(),
             Field::Dob => self.dob.as_ref(),
             Field::DobYear => self.dob_year.as_ref(),
@@ -180,6 +186,7 @@ impl FieldTokens {
             Field::Family => &mut self.family,
             Field::Given => &mut self.given,
             Field::GivenInitial => &mut self.given_initial,
+            Field::GivenCanonical => &mut self.given_canonical,
             Field::FamilyPhonetic => &mut self.family_phonetic,
             Field::Dob => &mut self.dob,
             Field::DobYear => &mut self.dob_year,
@@ -272,6 +279,10 @@ impl FieldTokeniser {
         if let Some(given) = identity.given_name.as_deref() {
             out.given = Some(self.token(Field::Given, given.as_bytes()));
             out.given_initial = Some(self.token(Field::GivenInitial, &given.as_bytes()[..1]));
+            out.given_canonical = Some(self.token(
+                Field::GivenCanonical,
+                normalise::given_name_canonical(given).as_bytes(),
+            ));
             out.given_variants = self.variants(Field::GivenVariant, given.as_bytes());
         }
         if let Some(dob) = identity.date_of_birth.as_ref() {

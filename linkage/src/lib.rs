@@ -4,13 +4,16 @@
 //! computed row by row or over Arrow arrays, field tokens for probabilistic
 //! linkage, and blocking and record matching over tokens.
 //!
-//! Everything but [`blocking`] and [`matching`] runs inside nodes: the
-//! linkage secret and raw identifiers it handles never leave them.
-//! [`blocking`] and [`matching`] run at the coordinator and see tokens
-//! only. The crate has no DataFusion dependency.
+//! Everything but [`blocking`], [`comparison`], [`estimate`], [`cluster`]
+//! and [`matching`] runs inside nodes: the linkage secret and raw
+//! identifiers it handles never leave them. Those five run at the
+//! coordinator and see tokens only. The crate has no DataFusion dependency.
 
 pub mod batch;
 pub mod blocking;
+pub mod cluster;
+pub mod comparison;
+pub mod estimate;
 pub mod fields;
 pub mod identity;
 pub mod keys;

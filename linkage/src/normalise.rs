@@ -193,6 +193,71 @@ fn push_ascii_letter(c: char, out: &mut String) {
     }
 }
 
+/// Nicknames and spellings of given names, with the form they are
+/// compared in (normalised). A record holding `BILL` and one holding
+/// `WILLIAM` agree on the canonical given name. The list is the common
+/// English, Welsh, Irish and South Asian forms seen in NHS records.
+const GIVEN_NAME_FORMS: &[(&str, &[&str])] = &[
+    ("WILLIAM", &["BILL", "BILLY", "WILL", "WILLIE", "LIAM"]),
+    ("ROBERT", &["BOB", "BOBBY", "ROB", "ROBBIE", "BERT"]),
+    (
+        "MARGARET",
+        &["MAGGIE", "PEGGY", "MEG", "MAGGY", "MADGE", "MARGARETTA"],
+    ),
+    (
+        "ELIZABETH",
+        &["LIZ", "LIZZIE", "BETH", "BETTY", "BESS", "ELIZA", "LIBBY"],
+    ),
+    ("JAMES", &["JIM", "JIMMY", "JAMIE"]),
+    ("MICHAEL", &["MIKE", "MICK", "MICKY"]),
+    ("THOMAS", &["TOM", "TOMMY"]),
+    ("RICHARD", &["RICK", "RICKY", "DICK", "RICHIE"]),
+    ("CHRISTOPHER", &["CHRIS", "KIT"]),
+    ("DANIEL", &["DAN", "DANNY"]),
+    ("MATTHEW", &["MATT"]),
+    ("STEPHEN", &["STEVE", "STEVEN", "STEVIE"]),
+    ("ANDREW", &["ANDY", "DREW"]),
+    ("PETER", &["PETE"]),
+    ("KENNETH", &["KEN", "KENNY"]),
+    ("DAVID", &["DAVE", "DAVY"]),
+    ("ANTHONY", &["TONY"]),
+    ("EDWARD", &["ED", "EDDIE", "TED", "TEDDY", "NED"]),
+    ("PATRICIA", &["PAT", "PATSY", "TRISH", "TRICIA"]),
+    ("SUSAN", &["SUE", "SUSIE", "SUZY"]),
+    ("DOROTHY", &["DOT", "DOTTIE", "DOLLY"]),
+    ("JOANNE", &["JO", "JOANNA"]),
+    ("NICOLA", &["NICKY", "NIKKI"]),
+    ("ISABELLA", &["BELLA", "IZZY", "ISOBEL", "ISABEL"]),
+    ("OLIVER", &["OLLIE"]),
+    ("AMELIA", &["MILLIE"]),
+    ("SOPHIA", &["SOPHIE", "SOFIA"]),
+    ("MOHAMMED", &["MUHAMMAD", "MOHAMMAD", "MOHAMED", "MUHAMMED"]),
+    ("SEAN", &["SHAUN", "SHAWN"]),
+    (
+        "CATHERINE",
+        &["KATHERINE", "CATHY", "KATE", "KATIE", "KATHRYN"],
+    ),
+    ("MARK", &["MARC"]),
+    ("CLAIRE", &["CLARE"]),
+    ("AISHA", &["AYESHA"]),
+    ("JOSEPH", &["JOE", "JOEY"]),
+    ("SAMUEL", &["SAM", "SAMMY"]),
+    ("ALEXANDER", &["ALEX", "SANDY"]),
+    ("BENJAMIN", &["BEN", "BENNY"]),
+    ("JENNIFER", &["JENNY", "JEN"]),
+    ("DEBORAH", &["DEBBIE", "DEBRA"]),
+    ("REBECCA", &["BECKY", "BECCA"]),
+];
+
+/// The form a normalised given name is compared in: the full name for a
+/// known nickname or spelling (`BILL` gives `WILLIAM`), else the name itself.
+pub fn given_name_canonical(normalised: &str) -> &str {
+    GIVEN_NAME_FORMS
+        .iter()
+        .find(|(full, forms)| *full == normalised || forms.contains(&normalised))
+        .map_or(normalised, |(full, _)| full)
+}
+
 /// A normalised date of birth as `YYYYMMDD` ASCII digits.
 pub type BirthDate = [u8; 8];
 

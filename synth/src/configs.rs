@@ -54,6 +54,7 @@ fn identifiers(
     dob: &str,
     sex: &str,
     postcode: &str,
+    address: &str,
 ) -> IdentifierColumnsConfig {
     IdentifierColumnsConfig(
         [
@@ -63,6 +64,7 @@ fn identifiers(
             (IdentifierKind::DateOfBirth, dob),
             (IdentifierKind::Sex, sex),
             (IdentifierKind::Postcode, postcode),
+            (IdentifierKind::Address, address),
         ]
         .into_iter()
         .map(|(kind, column)| (kind, LocalColumns::One(column.into())))
@@ -183,11 +185,19 @@ pub fn acute(creds: &NodeCredentials) -> NodeConfig {
         personal: true,
         source: None,
         sql: Some(
-            "SELECT s.*, p.\"NHS_NO\", p.\"SURNAME\", p.\"FORENAME\", p.\"DOB\", p.\"GENDER\", p.\"POSTCODE\", \
+            "SELECT s.*, p.\"NHS_NO\", p.\"SURNAME\", p.\"FORENAME\", p.\"DOB\", p.\"GENDER\", p.\"POSTCODE\", p.\"ADDRESS_LINE_1\", \
              p.\"LSOA\", p.\"IMD_DECILE\", p.\"DATA_OPT_OUT\" FROM apc_spells s JOIN pas_patients p ON s.\"PATIENT_ID\" = p.\"PATIENT_ID\""
                 .into(),
         ),
-        identifiers: identifiers("NHS_NO", "SURNAME", "FORENAME", "DOB", "GENDER", "POSTCODE"),
+        identifiers: identifiers(
+            "NHS_NO",
+            "SURNAME",
+            "FORENAME",
+            "DOB",
+            "GENDER",
+            "POSTCODE",
+            "ADDRESS_LINE_1",
+        ),
         columns: vec![
             expr("birth_year", "TRY_CAST(date_part('year', \"DOB\") AS INT)", None),
             expr("sex", "CASE \"GENDER\" WHEN '1' THEN 'M' WHEN '2' THEN 'F' END", None),
@@ -238,6 +248,7 @@ pub fn gp(creds: &NodeCredentials) -> NodeConfig {
         "date_of_birth",
         "sex",
         "postcode",
+        "address_line_1",
     );
     let person_columns = || {
         vec![
@@ -328,6 +339,7 @@ pub fn council(creds: &NodeCredentials, as_of: &str) -> NodeConfig {
         "DateOfBirth",
         "Gender",
         "Postcode",
+        "AddressLine1",
     );
     let person_columns = || {
         vec![

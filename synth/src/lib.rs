@@ -87,22 +87,22 @@ pub struct Summary {
     pub council_missing_nhs_number: usize,
 }
 
-/// `n` people of a reproducible population (for linkage benchmarks), with
-/// a second, messier copy of each person's identifiers as another
-/// organisation might hold them: 15% without an NHS number, 8% with a
-/// family-name typo, 5% with a given-name typo, dates in mixed formats.
+/// `n` people of a reproducible population in households (for linkage
+/// benchmarks), with a second, messier copy of each person's identifiers as
+/// the council holds them ([`orgs::COUNCIL_CARE`]: 15% without an NHS
+/// number, mistyped and relatives' numbers, maiden names, nicknames, name
+/// typos, swapped days and months, addresses before a move, dates in mixed
+/// formats).
 pub fn people_and_messy_copies(
     n: usize,
     seed: u64,
-) -> (Vec<population::Person>, Vec<[Option<String>; 6]>) {
+) -> (population::Population, Vec<[Option<String>; 7]>) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let pop = population::generate(&mut rng, n, default_as_of());
-    let copies = pop
-        .people
-        .iter()
-        .map(|p| orgs::messy_identifiers(&mut rng, p))
+    let copies = (0..pop.people.len())
+        .map(|i| orgs::messy_identifiers(&mut rng, &pop, i))
         .collect();
-    (pop.people, copies)
+    (pop, copies)
 }
 
 /// Generates the population and the three organisations into `opts.out`.
@@ -182,6 +182,7 @@ pub fn generate(opts: &GenerateOptions) -> Result<Summary, SynthError> {
             .collect::<Result<_, SynthError>>()?,
         disclosure: Default::default(),
         link_records: true,
+        link_group_warning_size: 10,
     };
     write_toml(&coordinator_dir.join("coordinator.toml"), &coordinator)?;
     write_ground_truth(&opts.out.join("ground-truth"), &pop, &organisations)?;
@@ -334,12 +335,15 @@ fn write_ground_truth(
 ) -> Result<(), SynthError> {
     create_dir(dir)?;
     let mut people = String::from(
-        "person_id,nhs_number,family_name,given_name,date_of_birth,sex,postcode,area_code,deprivation_decile,opted_out\n",
+        "person_id,nhs_number,family_name,given_name,date_of_birth,sex,postcode,area_code,deprivation_decile,opted_out,\
+         household_id,household_kind,twin_of,namesake_of,maiden_name,moved\n",
     );
+    let id_of = |i: Option<usize>| i.map_or(String::new(), |i| pop.people[i].id.clone());
     for p in &pop.people {
         let area = &pop.areas[p.area];
+        let household = &pop.households[p.household];
         people.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
             p.id,
             p.nhs_number,
             p.family_name,
@@ -353,7 +357,13 @@ fn write_ground_truth(
             p.postcode,
             area.code,
             area.deprivation_decile,
-            p.opted_out
+            p.opted_out,
+            household.id,
+            household.kind.name(),
+            id_of(p.twin_of),
+            id_of(p.namesake_of),
+            p.maiden_name.as_deref().unwrap_or(""),
+            p.previous.is_some(),
         ));
     }
     write_text(&dir.join("people.csv"), &people)?;
@@ -496,7 +506,7 @@ mod tests {
         let people = fs::read_to_string(dir.path().join("ground-truth/people.csv")).unwrap();
         let opted: std::collections::HashSet<&str> = people
             .lines()
-            .filter(|l| l.ends_with(",true"))
+            .filter(|l| l.split(',').nth(9) == Some("true"))
             .map(|l| l.split(',').nth(1).unwrap())
             .collect();
         let list = fs::read_to_string(dir.path().join("acute/optouts.csv")).unwrap();

@@ -8,13 +8,183 @@ use rand::Rng;
 use rand::seq::IndexedRandom;
 use rand_chacha::ChaCha8Rng;
 
-use crate::population::{Person, Population, Sex};
+use crate::population::{Population, Sex};
 use crate::table::{Cell, Table};
 
 /// Share of hospital patients whose NHS number is missing.
 pub const ACUTE_MISSING_NHS_SHARE: f64 = 0.02;
 /// Share of council clients whose NHS number is missing.
 pub const COUNCIL_MISSING_NHS_SHARE: f64 = 0.15;
+
+/// How carefully an organisation keeps a person's identifiers up to date.
+/// The GP practice holds them as the person is now; the hospital and the
+/// council hold older or less careful copies, at these rates (of records).
+#[derive(Debug, Clone, Copy)]
+pub struct Care {
+    /// NHS number missing.
+    pub missing_nhs: f64,
+    /// NHS number with one digit mistyped.
+    pub mistyped_nhs: f64,
+    /// A household member's NHS number instead of the person's own.
+    pub relatives_nhs: f64,
+    /// The maiden name, for people who changed their family name on marriage.
+    pub maiden_name: f64,
+    /// A nickname or another spelling of the given name, where one exists.
+    pub given_variant: f64,
+    /// Day and month of the birth date swapped (days up to 12).
+    pub day_month_swap: f64,
+    /// The address before a recent move, for people who moved.
+    pub previous_address: f64,
+}
+
+/// The GP practice: current identifiers, always an NHS number.
+pub const GP_CARE: Care = Care {
+    missing_nhs: 0.0,
+    mistyped_nhs: 0.0,
+    relatives_nhs: 0.0,
+    maiden_name: 0.0,
+    given_variant: 0.0,
+    day_month_swap: 0.0,
+    previous_address: 0.0,
+};
+/// The hospital trust's patient administration system.
+pub const ACUTE_CARE: Care = Care {
+    missing_nhs: ACUTE_MISSING_NHS_SHARE,
+    mistyped_nhs: 0.005,
+    relatives_nhs: 0.002,
+    maiden_name: 0.25,
+    given_variant: 0.05,
+    day_month_swap: 0.01,
+    previous_address: 0.5,
+};
+/// The council's adult social care system (also with name typos).
+pub const COUNCIL_CARE: Care = Care {
+    missing_nhs: COUNCIL_MISSING_NHS_SHARE,
+    mistyped_nhs: 0.01,
+    relatives_nhs: 0.003,
+    maiden_name: 0.25,
+    given_variant: 0.05,
+    day_month_swap: 0.02,
+    previous_address: 0.5,
+};
+
+/// Nicknames and other spellings of given names as records carry them.
+const GIVEN_VARIANTS: &[(&str, &[&str])] = &[
+    ("William", &["Bill", "Will", "Billy"]),
+    ("Robert", &["Bob", "Rob", "Bobby"]),
+    ("Margaret", &["Maggie", "Peggy", "Meg"]),
+    ("Elizabeth", &["Liz", "Beth", "Betty"]),
+    ("James", &["Jim", "Jimmy", "Jamie"]),
+    ("Michael", &["Mike", "Mick"]),
+    ("Thomas", &["Tom", "Tommy"]),
+    ("Richard", &["Rick", "Dick", "Richie"]),
+    ("Christopher", &["Chris", "Kit"]),
+    ("Daniel", &["Dan", "Danny"]),
+    ("Matthew", &["Matt"]),
+    ("Stephen", &["Steve", "Steven"]),
+    ("Andrew", &["Andy", "Drew"]),
+    ("Peter", &["Pete"]),
+    ("Kenneth", &["Ken", "Kenny"]),
+    ("David", &["Dave", "Davy"]),
+    ("Patricia", &["Pat", "Trish"]),
+    ("Susan", &["Sue", "Susie"]),
+    ("Dorothy", &["Dot", "Dolly"]),
+    ("Joanne", &["Jo"]),
+    ("Nicola", &["Nicky", "Nikki"]),
+    ("Isabella", &["Bella", "Izzy", "Isobel"]),
+    ("Oliver", &["Ollie"]),
+    ("Amelia", &["Millie"]),
+    ("Sophia", &["Sophie", "Sofia"]),
+    ("Muhammad", &["Mohammed", "Mohammad"]),
+    ("Mohammed", &["Muhammad", "Mohamed"]),
+    ("Seán", &["Shaun", "Sean"]),
+    ("Mark", &["Marc"]),
+    ("Claire", &["Clare"]),
+    ("Aisha", &["Ayesha"]),
+    ("Zoë", &["Zoe"]),
+    ("Chloé", &["Chloe"]),
+    ("Niamh", &["Neve"]),
+    ("Karen", &["Caren"]),
+];
+
+/// A person's identifiers as one organisation holds them.
+struct Held {
+    nhs: Option<String>,
+    family: String,
+    given: String,
+    dob: NaiveDate,
+    address: String,
+    postcode: String,
+}
+
+/// The identifiers of person `index` as an organisation with `care` holds them.
+fn held(rng: &mut ChaCha8Rng, pop: &Population, index: usize, care: &Care) -> Held {
+    let person = &pop.people[index];
+    let relatives: Vec<usize> = person.relatives(index, pop).collect();
+    let nhs = if rng.random_bool(care.missing_nhs) {
+        None
+    } else if !relatives.is_empty() && rng.random_bool(care.relatives_nhs) {
+        let relative = relatives.choose(rng).expect("non-empty");
+        Some(pop.people[*relative].nhs_number.clone())
+    } else if rng.random_bool(care.mistyped_nhs) {
+        Some(mistype_digit(rng, &person.nhs_number))
+    } else {
+        Some(person.nhs_number.clone())
+    };
+    let family = match &person.maiden_name {
+        Some(maiden) if rng.random_bool(care.maiden_name) => maiden.clone(),
+        _ => person.family_name.clone(),
+    };
+    let given = match GIVEN_VARIANTS
+        .iter()
+        .find(|(formal, _)| *formal == person.given_name)
+    {
+        Some((_, variants)) if rng.random_bool(care.given_variant) => {
+            variants.choose(rng).expect("non-empty").to_string()
+        }
+        _ => person.given_name.clone(),
+    };
+    let dob = if rng.random_bool(care.day_month_swap) {
+        swap_day_month(person.date_of_birth)
+    } else {
+        person.date_of_birth
+    };
+    let (address, postcode) = match &person.previous {
+        Some(before) if rng.random_bool(care.previous_address) => {
+            (before.address.clone(), before.postcode.clone())
+        }
+        _ => (person.address.clone(), person.postcode.clone()),
+    };
+    Held {
+        nhs,
+        family,
+        given,
+        dob,
+        address,
+        postcode,
+    }
+}
+
+/// An NHS number with one digit changed (usually failing its check digit).
+fn mistype_digit(rng: &mut ChaCha8Rng, nhs: &str) -> String {
+    let mut digits: Vec<u8> = nhs.bytes().collect();
+    let at = rng.random_range(0..digits.len());
+    let old = digits[at];
+    while digits[at] == old {
+        digits[at] = b'0' + rng.random_range(0..10);
+    }
+    String::from_utf8(digits).expect("digits")
+}
+
+/// The date with day and month swapped, when the day can be a month.
+fn swap_day_month(dob: NaiveDate) -> NaiveDate {
+    NaiveDate::from_ymd_opt(
+        chrono::Datelike::year(&dob),
+        chrono::Datelike::day(&dob),
+        chrono::Datelike::month(&dob),
+    )
+    .unwrap_or(dob)
+}
 
 /// One organisation's generated data.
 pub struct Organisation {
@@ -97,6 +267,7 @@ pub fn acute(rng: &mut ChaCha8Rng, pop: &Population, as_of: NaiveDate) -> Organi
             ("FORENAME", S),
             ("DOB", D),
             ("GENDER", S),
+            ("ADDRESS_LINE_1", S),
             ("POSTCODE", S),
             ("LSOA", S),
             ("IMD_DECILE", I),
@@ -121,7 +292,7 @@ pub fn acute(rng: &mut ChaCha8Rng, pop: &Population, as_of: NaiveDate) -> Organi
         opt_out_list: vec![],
     };
     let window_start = as_of - Duration::days(730);
-    for person in &pop.people {
+    for (index, person) in pop.people.iter().enumerate() {
         // Expected admissions over two years rise steeply with frailty.
         let expected = 0.05 + 1.6 * person.frailty * person.frailty;
         let admissions = poisson(rng, expected);
@@ -129,24 +300,24 @@ pub fn acute(rng: &mut ChaCha8Rng, pop: &Population, as_of: NaiveDate) -> Organi
             continue;
         }
         let patient_id = format!("RR8{:07}", patients.len() + 1);
-        let nhs =
-            (!rng.random_bool(ACUTE_MISSING_NHS_SHARE)).then(|| spaced_nhs(&person.nhs_number));
-        if nhs.is_some() && person.opted_out {
+        let ids = held(rng, pop, index, &ACUTE_CARE);
+        if ids.nhs.as_deref() == Some(person.nhs_number.as_str()) && person.opted_out {
             org.opt_out_list.push(person.nhs_number.clone());
         }
         let area = &pop.areas[person.area];
         patients.push(vec![
             patient_id.clone().into(),
-            nhs.into(),
-            person.family_name.to_uppercase().into(),
-            person.given_name.to_uppercase().into(),
-            person.date_of_birth.into(),
+            ids.nhs.as_deref().map(spaced_nhs).into(),
+            ids.family.to_uppercase().into(),
+            ids.given.to_uppercase().into(),
+            ids.dob.into(),
             match person.sex {
                 Sex::Male => "1",
                 Sex::Female => "2",
             }
             .into(),
-            person.postcode.clone().into(),
+            ids.address.to_uppercase().into(),
+            ids.postcode.into(),
             area.code.clone().into(),
             area.deprivation_decile.into(),
             if person.opted_out { "Y" } else { "N" }.into(),
@@ -192,6 +363,7 @@ pub fn gp(rng: &mut ChaCha8Rng, pop: &Population, as_of: NaiveDate) -> Organisat
             ("forenames", S),
             ("date_of_birth", S),
             ("sex", S),
+            ("address_line_1", S),
             ("postcode", S),
             ("lsoa_code", S),
             ("imd_decile", I),
@@ -234,6 +406,7 @@ pub fn gp(rng: &mut ChaCha8Rng, pop: &Population, as_of: NaiveDate) -> Organisat
                 Sex::Female => "F",
             }
             .into(),
+            person.address.clone().into(),
             person.postcode.clone().into(),
             area.code.clone().into(),
             area.deprivation_decile.into(),
@@ -288,6 +461,7 @@ pub fn council(rng: &mut ChaCha8Rng, pop: &Population, as_of: NaiveDate) -> Orga
             ("FirstName", S),
             ("DateOfBirth", S),
             ("Gender", S),
+            ("AddressLine1", S),
             ("Postcode", S),
             ("AreaCode", S),
             ("DeprivationDecile", I),
@@ -311,7 +485,7 @@ pub fn council(rng: &mut ChaCha8Rng, pop: &Population, as_of: NaiveDate) -> Orga
         records: vec![],
         opt_out_list: vec![],
     };
-    for person in &pop.people {
+    for (index, person) in pop.people.iter().enumerate() {
         let age = person.age_on(as_of);
         if age < 18 {
             continue;
@@ -321,15 +495,17 @@ pub fn council(rng: &mut ChaCha8Rng, pop: &Population, as_of: NaiveDate) -> Orga
             continue;
         }
         let client_id = format!("C{:06}", clients.len() + 1);
-        let nhs = (!rng.random_bool(COUNCIL_MISSING_NHS_SHARE)).then(|| {
+        let ids = held(rng, pop, index, &COUNCIL_CARE);
+        let nhs = ids.nhs.map(|n| {
             if rng.random_bool(0.5) {
-                person.nhs_number.clone()
+                n
             } else {
-                spaced_nhs(&person.nhs_number)
+                spaced_nhs(&n)
             }
         });
         if person.opted_out
             && let Some(n) = &nhs
+            && n.replace(' ', "") == person.nhs_number
         {
             org.opt_out_list.push(n.replace(' ', ""));
         }
@@ -337,15 +513,16 @@ pub fn council(rng: &mut ChaCha8Rng, pop: &Population, as_of: NaiveDate) -> Orga
         clients.push(vec![
             client_id.clone().into(),
             nhs.into(),
-            maybe_typo(rng, &person.family_name, 0.08).into(),
-            maybe_typo(rng, &person.given_name, 0.05).into(),
-            messy_date(rng, person.date_of_birth).into(),
+            maybe_typo(rng, &ids.family, 0.08).into(),
+            maybe_typo(rng, &ids.given, 0.05).into(),
+            messy_date(rng, ids.dob).into(),
             match person.sex {
                 Sex::Male => "Male",
                 Sex::Female => "Female",
             }
             .into(),
-            person.postcode.clone().into(),
+            ids.address.into(),
+            ids.postcode.into(),
             area.code.clone().into(),
             area.deprivation_decile.into(),
             if person.opted_out { "Y" } else { "N" }.into(),
@@ -395,19 +572,28 @@ pub fn council(rng: &mut ChaCha8Rng, pop: &Population, as_of: NaiveDate) -> Orga
     org
 }
 
-/// A person's identifiers as a less careful organisation holds them: NHS
-/// number, family name, given name, date of birth, sex, postcode.
-pub fn messy_identifiers(rng: &mut ChaCha8Rng, person: &Person) -> [Option<String>; 6] {
+/// A person's identifiers as the council holds them (for linkage
+/// benchmarks): NHS number, family name, given name, date of birth, sex,
+/// postcode and address, with the council's rates of missing and wrong
+/// values, maiden names, nicknames, typos, swapped dates and old addresses.
+pub fn messy_identifiers(
+    rng: &mut ChaCha8Rng,
+    pop: &Population,
+    index: usize,
+) -> [Option<String>; 7] {
+    let person = &pop.people[index];
+    let ids = held(rng, pop, index, &COUNCIL_CARE);
     [
-        (!rng.random_bool(COUNCIL_MISSING_NHS_SHARE)).then(|| person.nhs_number.clone()),
-        Some(maybe_typo(rng, &person.family_name, 0.08)),
-        Some(maybe_typo(rng, &person.given_name, 0.05)),
-        Some(messy_date(rng, person.date_of_birth)),
+        ids.nhs,
+        Some(maybe_typo(rng, &ids.family, 0.08)),
+        Some(maybe_typo(rng, &ids.given, 0.05)),
+        Some(messy_date(rng, ids.dob)),
         Some(match person.sex {
             Sex::Male => "Male".to_string(),
             Sex::Female => "Female".to_string(),
         }),
-        Some(person.postcode.clone()),
+        Some(ids.postcode),
+        Some(ids.address),
     ]
 }
 
@@ -439,19 +625,8 @@ fn maybe_typo(rng: &mut ChaCha8Rng, name: &str, share: f64) -> String {
     }
 }
 
-/// A date of birth in one of the formats the council's systems have used,
-/// with occasional day and month swapped.
+/// A date of birth in one of the formats the council's systems have used.
 fn messy_date(rng: &mut ChaCha8Rng, dob: NaiveDate) -> String {
-    let dob = if rng.random_bool(0.02) {
-        NaiveDate::from_ymd_opt(
-            chrono::Datelike::year(&dob),
-            chrono::Datelike::day(&dob),
-            chrono::Datelike::month(&dob),
-        )
-        .unwrap_or(dob)
-    } else {
-        dob
-    };
     let format = ["%d/%m/%Y", "%Y-%m-%d", "%d %b %Y", "%d.%m.%Y"]
         .choose(rng)
         .expect("non-empty");
@@ -474,5 +649,80 @@ fn poisson(rng: &mut ChaCha8Rng, mean: f64) -> u32 {
 impl From<Option<&str>> for Cell {
     fn from(v: Option<&str>) -> Self {
         Cell::Str(v.map(str::to_string))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    /// Each way an organisation's copy goes wrong comes at its stated rate.
+    #[test]
+    fn held_identifiers_go_wrong_at_the_stated_rates() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let pop = crate::population::generate(&mut rng, 60_000, crate::default_as_of());
+        for care in [ACUTE_CARE, COUNCIL_CARE] {
+            let (mut counts, mut of) = ([0usize; 7], [0usize; 7]);
+            for (i, p) in pop.people.iter().enumerate() {
+                let h = held(&mut rng, &pop, i, &care);
+                let has_relatives = pop.members[p.household].len() > 1;
+                of[0] += 1;
+                counts[0] += usize::from(h.nhs.is_none());
+                if let Some(n) = &h.nhs
+                    && has_relatives
+                {
+                    of[1] += 1;
+                    counts[1] +=
+                        usize::from(p.relatives(i, &pop).any(|r| &pop.people[r].nhs_number == n));
+                }
+                if let Some(n) = &h.nhs {
+                    of[2] += 1;
+                    counts[2] += usize::from(
+                        n != &p.nhs_number
+                            && !p.relatives(i, &pop).any(|r| &pop.people[r].nhs_number == n),
+                    );
+                }
+                if p.maiden_name.is_some() {
+                    of[3] += 1;
+                    counts[3] += usize::from(Some(&h.family) == p.maiden_name.as_ref());
+                }
+                if GIVEN_VARIANTS.iter().any(|(f, _)| *f == p.given_name) {
+                    of[4] += 1;
+                    counts[4] += usize::from(h.given != p.given_name);
+                }
+                if chrono::Datelike::day(&p.date_of_birth) <= 12
+                    && chrono::Datelike::day(&p.date_of_birth)
+                        != chrono::Datelike::month(&p.date_of_birth)
+                {
+                    of[5] += 1;
+                    counts[5] += usize::from(h.dob != p.date_of_birth);
+                }
+                if p.previous.is_some() {
+                    of[6] += 1;
+                    counts[6] += usize::from(h.address != p.address || h.postcode != p.postcode);
+                }
+            }
+            let expected = [
+                care.missing_nhs,
+                care.relatives_nhs,
+                care.mistyped_nhs,
+                care.maiden_name,
+                care.given_variant,
+                care.day_month_swap,
+                care.previous_address,
+            ];
+            for k in 0..7 {
+                let share = counts[k] as f64 / of[k] as f64;
+                // Five binomial standard errors, and at least a tenth of a point.
+                let se = (expected[k] * (1.0 - expected[k]) / of[k] as f64).sqrt();
+                assert!(
+                    (share - expected[k]).abs() <= (5.0 * se).max(0.001),
+                    "{care:?} rate {k}: {share} of {} vs {}",
+                    of[k],
+                    expected[k]
+                );
+            }
+        }
     }
 }

@@ -217,7 +217,9 @@ async fn the_coordinator_fetches_token_tables_again_only_when_a_node_changed_the
     assert_eq!(tables, 1, "fetched once, at start");
     assert!(versions >= 3, "{versions} version checks");
 
-    // Node B's source changes: its records become exact copies of A's.
+    // Node B's source changes: its records become exact copies of A's (all
+    // linked but the one whose only details are a family name and an
+    // address, which a spouse could share).
     std::fs::copy(
         root.join("febrl/febrl_a.csv"),
         root.join("febrl/febrl_b.csv"),
@@ -227,7 +229,7 @@ async fn the_coordinator_fetches_token_tables_again_only_when_a_node_changed_the
     for _ in 0..40 {
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
         let now = scores(&mut researcher).await;
-        if now.true_links == PEOPLE {
+        if now.true_links >= PEOPLE - 2 {
             after = Some(now);
             break;
         }
@@ -263,9 +265,11 @@ async fn one_node_holding_both_copies_counts_each_person_once() {
     let people: u64 = rows(&query(&mut researcher, count).await.unwrap())[0][0]
         .parse()
         .unwrap();
-    // Linkage merges 4 985 of the 5 000 pairs (as across two nodes).
+    // Linkage merges about 4 920 of the 5 000 pairs (as across two nodes:
+    // pairs whose given name and birth date both differ are left apart, as
+    // household members would be).
     assert!(
-        (PEOPLE as u64..=PEOPLE as u64 + 20).contains(&people),
+        (PEOPLE as u64..=PEOPLE as u64 + 100).contains(&people),
         "{people} people"
     );
     let histogram = rows(&query(&mut researcher, per_person).await.unwrap());
@@ -273,7 +277,7 @@ async fn one_node_holding_both_copies_counts_each_person_once() {
         .iter()
         .find(|r| r[0] == "2")
         .map_or(0, |r| r[1].parse().unwrap());
-    assert!(twice >= 4_980, "{histogram:?}");
+    assert!(twice >= 4_900, "{histogram:?}");
 
     // At the node itself (no linkage) the same count sees far more pids.
     let mut operator = crate::support::client(

@@ -8,6 +8,7 @@ mod coordinator;
 mod febrl;
 mod governance;
 mod ground_truth;
+mod linkage;
 mod node;
 mod postgres;
 mod streaming;

@@ -581,7 +581,8 @@ fn small_cells_are_removed_whole_and_the_same_persons_get_the_same_answer() {
     ]));
     let release = release_of(vec![(Measure::Persons, vec![]), (Measure::Rows, vec![2])]);
     let input = rows(&[("small", 0..6, 1.0), ("big", 100..400, 3.0)]);
-    let (batch, report) = exec::release_cells(&[input.clone()], &schema, &release).unwrap();
+    let (batch, report) =
+        exec::release_cells(std::slice::from_ref(&input), &schema, &release).unwrap();
     assert_eq!(
         batch.num_rows(),
         1,
