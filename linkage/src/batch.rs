@@ -155,10 +155,14 @@ impl Tokeniser {
         let today = Utc::now().date_naive();
         let mut identity = Identity::default();
         let mut buf = Vec::with_capacity(64);
+        let shared = self.shared_numbers();
         self.build(cols.len, |i| {
             let raw = cols.raw(i);
-            // The NHS number alone decides most rows: skip normalising the rest.
-            if let Some(nhs) = raw.nhs_number.and_then(normalise::nhs_number) {
+            // The NHS number alone decides most rows: skip normalising the
+            // rest (unless this node holds the number for several people).
+            if let Some(nhs) = raw.nhs_number.and_then(normalise::nhs_number)
+                && !shared.contains(&nhs)
+            {
                 return Some(self.nhs_number_token(&nhs));
             }
             identity.renormalise(

@@ -199,3 +199,107 @@ mod tests {
         assert_eq!(uk.postcode.as_deref(), Some("LS16AB"));
     }
 }
+
+/// Finds the NHS numbers a node's identities hold for more than one person:
+/// the same number with birth dates further apart than a typo or a
+/// day-month swap and given names that differ beyond a typo, nickname or
+/// spelling. One of the records carries a relative's number by mistake, so
+/// the number cannot be a `pid` at this node without making two people one.
+#[derive(Debug, Default)]
+pub struct SharedNumberFinder {
+    details: std::collections::HashMap<NhsNumber, Vec<(Option<BirthDate>, Option<String>)>>,
+}
+
+impl SharedNumberFinder {
+    /// Notes one identity.
+    pub fn add(&mut self, identity: &Identity) {
+        let Some(n) = identity.nhs_number else {
+            return;
+        };
+        let seen = self.details.entry(n).or_default();
+        let (dob, given) = (identity.date_of_birth, identity.given_name.as_deref());
+        if !seen.iter().any(|(d, g)| *d == dob && g.as_deref() == given) {
+            seen.push((dob, given.map(str::to_string)));
+        }
+    }
+
+    /// The numbers held for several people.
+    pub fn finish(self) -> crate::token::SharedNumbers {
+        self.details
+            .into_iter()
+            .filter(|(_, details)| {
+                details.iter().enumerate().any(|(i, a)| {
+                    details[i + 1..].iter().any(|b| {
+                        dates_differ(a.0, b.0) && given_names_differ(a.1.as_deref(), b.1.as_deref())
+                    })
+                })
+            })
+            .map(|(n, _)| n)
+            .collect()
+    }
+}
+
+/// Both known and further apart than one digit, a day-month swap, or a
+/// shared year or month-and-day.
+fn dates_differ(a: Option<BirthDate>, b: Option<BirthDate>) -> bool {
+    let (Some(a), Some(b)) = (a, b) else {
+        return false;
+    };
+    let digits_apart = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+    digits_apart > 1 && a[..4] != b[..4] && a[4..] != b[4..]
+}
+
+/// Both known and neither equal, one edit apart, nor forms of one name.
+fn given_names_differ(a: Option<&str>, b: Option<&str>) -> bool {
+    let (Some(a), Some(b)) = (a, b) else {
+        return false;
+    };
+    a != b
+        && !within_one_edit(a, b)
+        && normalise::given_name_canonical(a) != normalise::given_name_canonical(b)
+}
+
+/// Whether one substitution, insertion, deletion or swap of neighbours
+/// turns `a` into `b`.
+fn within_one_edit(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let deletions = |s: &[u8]| -> Vec<Vec<u8>> {
+        (0..s.len())
+            .map(|i| [&s[..i], &s[i + 1..]].concat())
+            .chain(std::iter::once(s.to_vec()))
+            .collect()
+    };
+    let (da, db) = (deletions(a), deletions(b));
+    da.iter().any(|x| db.contains(x))
+}
+
+#[cfg(test)]
+mod shared_number_tests {
+    use super::*;
+
+    fn identity(given: &str, dob: &str) -> Identity {
+        Identity::normalise(&RawIdentity {
+            nhs_number: Some("9434765919"),
+            given_name: Some(given),
+            date_of_birth: Some(dob),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn a_number_on_two_people_is_found_and_typos_nicknames_and_swaps_are_not_two_people() {
+        let mut finder = SharedNumberFinder::default();
+        for (given, dob) in [
+            ("William", "1950-03-04"),
+            ("Bill", "1950-04-03"),
+            ("Wiliam", "1950-03-05"),
+        ] {
+            finder.add(&identity(given, dob));
+        }
+        assert!(finder.finish().is_empty());
+        let mut finder = SharedNumberFinder::default();
+        finder.add(&identity("William", "1950-03-04"));
+        finder.add(&identity("Susan", "1978-11-20"));
+        assert_eq!(finder.finish().len(), 1);
+    }
+}

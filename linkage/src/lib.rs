@@ -26,7 +26,7 @@ pub mod token;
 use std::path::PathBuf;
 
 pub use batch::{IdentifierColumns, token_data_type};
-pub use identity::{IdentifierKind, Identity, RawIdentity};
+pub use identity::{IdentifierKind, Identity, RawIdentity, SharedNumberFinder};
 pub use keys::KeyedHasher;
 pub use secret::LinkageSecret;
 pub use token::{TOKEN_LEN, Token, TokenKind, Tokeniser};

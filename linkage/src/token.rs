@@ -194,12 +194,21 @@ impl<'a> TokenFields<'a> {
     }
 }
 
+/// NHS numbers a node holds for more than one person (see
+/// [`crate::identity::SharedNumberFinder`]).
+pub type SharedNumbers = std::collections::HashSet<NhsNumber>;
+
 /// Computes one project's tokens: one prepared keyed hasher per token kind.
 #[derive(Debug, Clone)]
 pub struct Tokeniser {
     project: String,
     hashers: [KeyedHasher; 8],
     local_scope: Option<String>,
+    /// NHS numbers that are not a `pid` at this node: it holds them for
+    /// several people (one record carrying a relative's number), so their
+    /// records take their next strongest token and linkage tells them apart.
+    /// Shared by clones, so a node updates every user at once.
+    shared_numbers: std::sync::Arc<std::sync::RwLock<std::sync::Arc<SharedNumbers>>>,
 }
 
 impl Tokeniser {
@@ -210,7 +219,30 @@ impl Tokeniser {
             project: project.to_string(),
             hashers,
             local_scope: None,
+            shared_numbers: Default::default(),
         }
+    }
+
+    /// Sets the NHS numbers this node holds for several people; returns
+    /// whether they changed.
+    pub fn set_shared_numbers(&self, numbers: SharedNumbers) -> bool {
+        let mut slot = self
+            .shared_numbers
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if **slot == numbers {
+            return false;
+        }
+        *slot = std::sync::Arc::new(numbers);
+        true
+    }
+
+    /// The NHS numbers this node holds for several people.
+    pub fn shared_numbers(&self) -> std::sync::Arc<SharedNumbers> {
+        self.shared_numbers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Lets records without stronger identifiers take a `pid` from their
@@ -243,10 +275,14 @@ impl Tokeniser {
         Some(self.token_of_encoded(kind, buf))
     }
 
-    /// The strongest available token for `identity`: its `pid`.
+    /// The strongest available token for `identity`: its `pid`. An NHS
+    /// number this node holds for several people is passed over.
     pub fn pid(&self, identity: &Identity, buf: &mut Vec<u8>) -> Option<Token> {
+        let shared = self.shared_numbers();
+        let skip_nhs = identity.nhs_number.is_some_and(|n| shared.contains(&n));
         TokenKind::ALL
             .into_iter()
+            .filter(|kind| !(skip_nhs && *kind == TokenKind::NhsNumber))
             .find_map(|kind| self.token(kind, identity, buf))
     }
 

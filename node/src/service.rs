@@ -39,6 +39,8 @@ pub struct NodeState {
     names: Names,
     /// Field tokenisers per project, for the linkage token table.
     field_tokenisers: HashMap<String, FieldTokeniser>,
+    /// The pid tokeniser of each project, shared with its published tables.
+    pid_tokenisers: HashMap<String, Arc<Tokeniser>>,
     /// Token tables per project, with the source file times they were made from.
     token_tables: std::sync::Mutex<HashMap<String, (TokenTableMade, tokens::TokenTable)>>,
 }
@@ -78,12 +80,14 @@ impl NodeState {
 
         let mut projects: HashMap<String, Vec<Arc<PublishedTable>>> = HashMap::new();
         let mut unavailable: Vec<(String, String)> = Vec::new();
+        let mut pid_tokenisers = HashMap::new();
         for project in &config.projects {
+            // A local id's pid is scoped to this node's name.
+            let tokeniser =
+                Arc::new(Tokeniser::new(&secret, project).with_local_scope(&config.name));
+            pid_tokenisers.insert(project.clone(), tokeniser.clone());
             let functions = BoundaryFunctions {
-                // A local id's pid is scoped to this node's name.
-                pid: PidFunction::udf(Arc::new(
-                    Tokeniser::new(&secret, project).with_local_scope(&config.name),
-                )),
+                pid: PidFunction::udf(tokeniser),
                 opted_out: opt_outs.clone().map(OptedOutFunction::udf),
             };
             let mut tables = Vec::new();
@@ -155,6 +159,7 @@ impl NodeState {
             metadata,
             names,
             field_tokenisers,
+            pid_tokenisers,
             token_tables: std::sync::Mutex::new(HashMap::new()),
         })
     }
@@ -235,12 +240,18 @@ impl NodeState {
                     at: std::time::Instant::now(),
                     source_times: self.source_times(),
                 };
-                let table = tokens::token_table(&tables, tokeniser).await.map_err(|e| {
-                    QueryError::Internal(format!(
-                        "building the linkage token table: {}",
-                        e.find_root()
-                    ))
-                })?;
+                let pids = self
+                    .pid_tokenisers
+                    .get(project)
+                    .ok_or_else(|| QueryError::NotFound(format!("no project {project}")))?;
+                let table = tokens::token_table(&tables, tokeniser, pids)
+                    .await
+                    .map_err(|e| {
+                        QueryError::Internal(format!(
+                            "building the linkage token table: {}",
+                            e.find_root()
+                        ))
+                    })?;
                 // Kept while every source is a file that has not changed,
                 // or for a while when a source is a database.
                 self.token_tables

@@ -8,10 +8,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use carrow_linkage::fields::{Field, FieldTokeniser, FieldTokens};
-use carrow_linkage::{IdentifierColumns, TOKEN_LEN, Token};
-use datafusion::arrow::array::{
-    Array, ArrayRef, FixedSizeBinaryArray, FixedSizeBinaryBuilder, ListBuilder, RecordBatch,
-};
+use carrow_linkage::{IdentifierColumns, SharedNumberFinder, TOKEN_LEN, Token, Tokeniser};
+use datafusion::arrow::array::{ArrayRef, FixedSizeBinaryBuilder, ListBuilder, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field as ArrowField, Schema, SchemaRef};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::prelude::{DataFrame, SessionContext};
@@ -94,11 +92,15 @@ pub fn schema() -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-/// Computes the token table of `tables` (their identities) with `tokeniser`.
-/// Hashing runs off the async workers, spread over the cores.
+/// Computes the token table of `tables` (their identities) with
+/// `tokeniser`, and first the NHS numbers this node holds for several
+/// people, which `pids` (the node's pid tokeniser for the project, shared
+/// with its published tables) then passes over. Hashing runs off the async
+/// workers, spread over the cores.
 pub async fn token_table(
     tables: &[Arc<PublishedTable>],
     tokeniser: &FieldTokeniser,
+    pids: &Arc<Tokeniser>,
 ) -> Result<TokenTable> {
     let ctx = SessionContext::new();
     let mut batches = Vec::new();
@@ -107,14 +109,49 @@ pub async fn token_table(
             batches.extend(DataFrame::new(ctx.state(), plan.clone()).collect().await?);
         }
     }
-    let tokeniser = tokeniser.clone();
-    tokio::task::spawn_blocking(move || tokenise(&batches, &tokeniser))
-        .await
-        .map_err(|e| DataFusionError::External(Box::new(e)))?
+    let (tokeniser, pids) = (tokeniser.clone(), pids.clone());
+    tokio::task::spawn_blocking(move || {
+        let shared = shared_numbers(&batches)?;
+        if pids.set_shared_numbers(shared) {
+            tracing::warn!(
+                numbers = pids.shared_numbers().len(),
+                "NHS numbers held here for more than one person (a relative's number on a record): \
+                 their records take their next strongest pid"
+            );
+        }
+        tokenise(&batches, &tokeniser, &pids)
+    })
+    .await
+    .map_err(|e| DataFusionError::External(Box::new(e)))?
+}
+
+/// The identifiers of an identities batch (columns after the pid).
+fn identifier_columns(batch: &RecordBatch) -> IdentifierColumns {
+    IDENTITY_KINDS
+        .iter()
+        .enumerate()
+        .fold(IdentifierColumns::default(), |ids, (i, kind)| {
+            ids.with(*kind, batch.column(i + 1).clone())
+        })
+}
+
+/// The NHS numbers the identities `batches` hold for several people.
+fn shared_numbers(batches: &[RecordBatch]) -> Result<carrow_linkage::token::SharedNumbers> {
+    let mut finder = SharedNumberFinder::default();
+    for batch in batches {
+        identifier_columns(batch)
+            .for_each_identity(|_, identity| finder.add(identity))
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+    }
+    Ok(finder.finish())
 }
 
 /// One row per distinct (pid, field tokens) of the identities `batches`.
-fn tokenise(batches: &[RecordBatch], tokeniser: &FieldTokeniser) -> Result<TokenTable> {
+fn tokenise(
+    batches: &[RecordBatch],
+    tokeniser: &FieldTokeniser,
+    pids: &Tokeniser,
+) -> Result<TokenTable> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let per_thread = batches.len().div_ceil(threads).max(1);
     let parts: Vec<Result<Vec<(Token, FieldTokens)>>> = std::thread::scope(|scope| {
@@ -124,7 +161,7 @@ fn tokenise(batches: &[RecordBatch], tokeniser: &FieldTokeniser) -> Result<Token
                 scope.spawn(move || {
                     let mut rows = Vec::new();
                     for batch in chunk {
-                        batch_rows(batch, tokeniser, &mut rows)?;
+                        batch_rows(batch, tokeniser, pids, &mut rows)?;
                     }
                     Ok(rows)
                 })
@@ -156,32 +193,21 @@ fn tokenise(batches: &[RecordBatch], tokeniser: &FieldTokeniser) -> Result<Token
 }
 
 /// Appends the pid and field tokens of each row of an identities batch
-/// (rows without a pid have nothing to link).
+/// (rows without a pid have nothing to link). The pid is computed again
+/// here, as the published tables now compute it (the batch's own pid
+/// column predates the shared numbers just found).
 fn batch_rows(
     batch: &RecordBatch,
     tokeniser: &FieldTokeniser,
+    pids: &Tokeniser,
     out: &mut Vec<(Token, FieldTokens)>,
 ) -> Result<()> {
-    let pids = batch
-        .column(0)
-        .as_any()
-        .downcast_ref::<FixedSizeBinaryArray>()
-        .expect("pid is FixedSizeBinary(16)");
-    // Columns after pid are the identifiers in IDENTITY_KINDS order.
-    let identifiers = IDENTITY_KINDS
-        .iter()
-        .enumerate()
-        .fold(IdentifierColumns::default(), |ids, (i, kind)| {
-            ids.with(*kind, batch.column(i + 1).clone())
-        });
-    identifiers
-        .for_each_identity(|row, identity| {
-            if pids.is_null(row) {
-                return;
+    let mut buf = Vec::new();
+    identifier_columns(batch)
+        .for_each_identity(|_, identity| {
+            if let Some(pid) = pids.pid(identity, &mut buf) {
+                out.push((pid, tokeniser.tokens(identity)));
             }
-            let mut pid = [0u8; TOKEN_LEN];
-            pid.copy_from_slice(pids.value(row));
-            out.push((pid, tokeniser.tokens(identity)));
         })
         .map_err(|e| DataFusionError::External(Box::new(e)))
 }

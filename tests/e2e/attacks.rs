@@ -228,8 +228,8 @@ async fn having_order_by_and_limit_see_released_values_only() {
     let mut exact = region.exact(&[exact_years, exact_rollup]).await;
     let years = keyed(rows(&query(&mut exact, exact_years).await.unwrap()), 1);
     assert!(
-        years.values().any(|v| v[0] == "1"),
-        "some years hold one person"
+        years.values().any(|v| v[0].parse::<i64>().unwrap() < 5),
+        "some years hold few persons"
     );
 
     // HAVING as an oracle for exact small counts finds nothing.
