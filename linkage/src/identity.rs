@@ -207,8 +207,12 @@ mod tests {
 /// the number cannot be a `pid` at this node without making two people one.
 #[derive(Debug, Default)]
 pub struct SharedNumberFinder {
-    details: std::collections::HashMap<NhsNumber, Vec<(Option<BirthDate>, Option<String>)>>,
+    /// Per number, the distinct (birth date, given name) it was seen with.
+    details: std::collections::HashMap<NhsNumber, Vec<Details>>,
 }
+
+/// A birth date and a given name, as one identity holds them.
+type Details = (Option<BirthDate>, Option<String>);
 
 impl SharedNumberFinder {
     /// Notes one identity.
