@@ -360,9 +360,14 @@ fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
+/// The async runtime. Its threads get a large stack: planning walks SQL
+/// expressions recursively, and a statement at the size limits
+/// (`carrow_sql::statement::check_limits`) must never overflow it. The
+/// memory is only reserved, not committed, until used.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(64 * 1024 * 1024)
         .build()
         .context("starting the async runtime")
 }

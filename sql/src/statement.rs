@@ -15,8 +15,75 @@ pub const READ_ONLY_RULE: &str = "read-only SELECT only";
 /// Rule name for table functions.
 pub const TABLE_FUNCTION_RULE: &str = "no table functions";
 
+/// The longest statement accepted, in bytes.
+pub const MAX_SQL_BYTES: usize = 256 * 1024;
+/// The most binary operators (`+`, `AND`, `=`, `||` ...) one statement may
+/// hold: every planning stage walks expressions recursively, so a chain of
+/// ten thousand would exhaust any thread's stack.
+pub const MAX_OPERATORS: usize = 2_000;
+/// The deepest nesting of brackets and `CASE` accepted.
+pub const MAX_NESTING: usize = 64;
+
+/// Refuses statements too large to plan safely, before parsing them (the
+/// tokenizer does not recurse, the parser and planner do): longer than
+/// [`MAX_SQL_BYTES`], with more than [`MAX_OPERATORS`] binary operators, or
+/// nested deeper than [`MAX_NESTING`]. The error names the limit.
+pub fn check_limits(sql: &str) -> Result<(), QueryError> {
+    use datafusion::sql::sqlparser::keywords::Keyword;
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    if sql.len() > MAX_SQL_BYTES {
+        return Err(QueryError::Invalid(format!(
+            "the statement is {} bytes long; the limit is {MAX_SQL_BYTES} bytes",
+            sql.len()
+        )));
+    }
+    let tokens = Tokenizer::new(&GenericDialect {}, sql)
+        .tokenize()
+        .map_err(|e| QueryError::Invalid(format!("cannot parse SQL: {e}")))?;
+    let (mut operators, mut depth, mut deepest) = (0usize, 0usize, 0usize);
+    for token in &tokens {
+        match token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth = depth.saturating_sub(1),
+            Token::Word(w) if w.keyword == Keyword::CASE => depth += 1,
+            Token::Word(w) if w.keyword == Keyword::END => depth = depth.saturating_sub(1),
+            Token::Word(w) if matches!(w.keyword, Keyword::AND | Keyword::OR) => operators += 1,
+            Token::Plus
+            | Token::Minus
+            | Token::Mul
+            | Token::Div
+            | Token::Mod
+            | Token::StringConcat
+            | Token::Eq
+            | Token::Neq
+            | Token::Lt
+            | Token::Gt
+            | Token::LtEq
+            | Token::GtEq
+            | Token::Ampersand
+            | Token::Pipe
+            | Token::Caret => operators += 1,
+            _ => {}
+        }
+        deepest = deepest.max(depth);
+    }
+    if operators > MAX_OPERATORS {
+        return Err(QueryError::Invalid(format!(
+            "the statement holds {operators} operators; the limit is {MAX_OPERATORS} \
+             (a long chain of terms or conditions: use IN (...) for lists of values)"
+        )));
+    }
+    if deepest > MAX_NESTING {
+        return Err(QueryError::Invalid(format!(
+            "the statement nests brackets and CASE {deepest} deep; the limit is {MAX_NESTING}"
+        )));
+    }
+    Ok(())
+}
+
 /// Parses `sql` and refuses anything but one read-only query.
 pub fn check_read_only(sql: &str) -> Result<(), QueryError> {
+    check_limits(sql)?;
     let dialect = GenericDialect {};
     let mut statements = DFParserBuilder::new(sql)
         .with_dialect(&dialect)

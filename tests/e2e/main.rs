@@ -11,6 +11,7 @@ mod ground_truth;
 mod linkage;
 mod node;
 mod postgres;
+mod robustness;
 mod streaming;
 mod support;
 mod tls;
