@@ -432,9 +432,10 @@ impl<B: Backend> FlightSqlEndpoint<B> {
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(false);
+        let sql = crate::statement::numbered_placeholders(sql);
         let df = scope
             .session()
-            .sql_with_options(sql, options)
+            .sql_with_options(&sql, options)
             .await
             .map_err(|e| scope.explain_failure(e, Stage::Planning))?;
         let (state, plan) = df.into_parts();

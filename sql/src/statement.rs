@@ -81,6 +81,42 @@ pub fn check_limits(sql: &str) -> Result<(), QueryError> {
     Ok(())
 }
 
+/// `sql` with DB-API and JDBC style `?` placeholders numbered `$1`, `$2` ...
+/// in order, as DataFusion names parameters (a driver binds them by
+/// position). `?` inside strings, quoted names and comments is left alone,
+/// and so is a statement already using `$n`.
+pub fn numbered_placeholders(sql: &str) -> std::borrow::Cow<'_, str> {
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    let Ok(tokens) = Tokenizer::new(&GenericDialect {}, sql).tokenize_with_location() else {
+        return sql.into();
+    };
+    let marks: Vec<(u64, u64)> = tokens
+        .iter()
+        .filter(|t| matches!(&t.token, Token::Placeholder(p) if p == "?"))
+        .map(|t| (t.span.start.line, t.span.start.column))
+        .collect();
+    if marks.is_empty() {
+        return sql.into();
+    }
+    let mut out = String::with_capacity(sql.len() + marks.len() * 2);
+    let (mut line, mut column, mut next) = (1u64, 1u64, 1usize);
+    for c in sql.chars() {
+        if c == '?' && marks.contains(&(line, column)) {
+            out.push_str(&format!("${next}"));
+            next += 1;
+        } else {
+            out.push(c);
+        }
+        if c == '\n' {
+            line += 1;
+            column = 1;
+        } else {
+            column += 1;
+        }
+    }
+    out.into()
+}
+
 /// Parses `sql` and refuses anything but one read-only query.
 pub fn check_read_only(sql: &str) -> Result<(), QueryError> {
     check_limits(sql)?;
@@ -177,6 +213,20 @@ impl Visitor for TableFunctionFinder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn question_marks_become_numbered_parameters_outside_strings() {
+        assert_eq!(
+            numbered_placeholders("SELECT a FROM t WHERE b > ? AND c = '?' AND d IN (?, ?)"),
+            "SELECT a FROM t WHERE b > $1 AND c = '?' AND d IN ($2, $3)"
+        );
+        assert_eq!(
+            numbered_placeholders("SELECT a\n-- why?\nFROM t WHERE \"x?\" = ?"),
+            "SELECT a\n-- why?\nFROM t WHERE \"x?\" = $1"
+        );
+        assert_eq!(numbered_placeholders("SELECT $1"), "SELECT $1");
+        assert_eq!(numbered_placeholders("SELECT 'é' || ?"), "SELECT 'é' || $1");
+    }
 
     fn rule_of(sql: &str) -> String {
         match check_read_only(sql).unwrap_err() {
