@@ -9,12 +9,14 @@
 //! - [`pushdown`]: the rule that sends single-node subtrees to their node whole;
 //! - [`split_aggregate`]: partial aggregates per node under a union;
 //! - [`disclosure`]: disclosure control of planners' results;
+//! - [`last_query`]: the session view of the last query's coverage and disclosure;
 //! - [`linkage`]: the linkage stage mapping pids to person keys;
 //! - [`service`]: the Flight SQL backend, roles, requests and the audit log.
 
 pub mod combined;
 pub mod config;
 pub mod disclosure;
+pub mod last_query;
 pub mod linkage;
 pub mod pushdown;
 pub mod remote;

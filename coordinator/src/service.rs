@@ -28,6 +28,7 @@ use serde_json::json;
 use crate::CoordinatorError;
 use crate::config::{COMBINED_SCHEMA, CoordinatorConfig, UserConfig};
 use crate::disclosure::{DisclosurePlanner, ReportSink};
+use crate::last_query::{LastQuery, SessionCatalog};
 use crate::linkage::LinkageIndex;
 use crate::pushdown::PushToNode;
 use crate::remote::{Coverage, FragmentContext, NodeClient, RemoteTable};
@@ -292,9 +293,14 @@ impl CoordinatorBackend {
         Self { state }
     }
 
-    /// A query session: the node catalog, the coordinator's optimizer rules
-    /// and disclosure control's physical operator.
-    fn session(&self, context: FragmentContext) -> SessionContext {
+    /// A query session: the node catalog with the session's `last_query`
+    /// view, the coordinator's optimizer rules and disclosure control's
+    /// physical operator.
+    fn session(
+        &self,
+        context: FragmentContext,
+        last_report: &std::collections::BTreeMap<String, String>,
+    ) -> Result<SessionContext, QueryError> {
         let merged_nodes = context
             .linkage
             .as_ref()
@@ -313,11 +319,10 @@ impl CoordinatorBackend {
         let session = SessionContext::new_with_state(state);
         session.add_optimizer_rule(Arc::new(SplitAggregatePerNode));
         session.add_optimizer_rule(Arc::new(PushToNode::new(merged_nodes)));
-        session.register_catalog(
-            CATALOG,
-            self.state.catalog.clone() as Arc<dyn CatalogProvider>,
-        );
-        session
+        let view = LastQuery::new(last_report, COVERAGE_KEY, DISCLOSURE_KEY)?;
+        let catalog = SessionCatalog::new(self.state.catalog.clone(), "public", view)?;
+        session.register_catalog(CATALOG, Arc::new(catalog) as Arc<dyn CatalogProvider>);
+        Ok(session)
     }
 
     /// Records a refused attempt and returns the refusal.
@@ -580,7 +585,7 @@ impl Backend for CoordinatorBackend {
             .map(|_| self.state.record_keys(&permit.project));
         Ok(Arc::new(CoordinatorScope {
             state: self.state.clone(),
-            session: self.session(context),
+            session: self.session(context, &meta.last_report)?,
             keys,
             allow_partial,
             query_id,
@@ -778,6 +783,24 @@ impl QueryScope for CoordinatorScope {
             "disclosure": self.sink.get(),
             "small_population": self.sink.get().is_some_and(|r| r.small_cells + r.cells_below_threshold > 0),
         }))
+    }
+
+    /// Queries that read a node leave their query id, coverage manifest
+    /// and disclosure report for the session's `last_query` view.
+    fn session_report(&self) -> Option<std::collections::BTreeMap<String, String>> {
+        let metadata = self.result_metadata();
+        if self.coverage.rows().is_empty()
+            && self.coverage.fragments().is_empty()
+            && metadata.get(COVERAGE_KEY).is_none_or(|c| c == "{}")
+        {
+            return None;
+        }
+        let mut report: std::collections::BTreeMap<String, String> = metadata.into_iter().collect();
+        report.insert(
+            crate::last_query::QUERY_ID.to_string(),
+            self.query_id.clone(),
+        );
+        Some(report)
     }
 
     fn result_metadata(&self) -> HashMap<String, String> {

@@ -85,6 +85,9 @@ pub struct RequestMeta {
     pub setting: bool,
     /// The caller asks for the linkage token table (coordinators only).
     pub linkage: bool,
+    /// What the backend reported of the session's previous statement
+    /// ([`QueryScope::session_report`]).
+    pub last_report: BTreeMap<String, String>,
 }
 
 impl RequestMeta {
@@ -102,6 +105,7 @@ impl RequestMeta {
             preparing: false,
             setting: false,
             linkage: text(LINKAGE_HEADER).is_some_and(|v| v == "1"),
+            last_report: BTreeMap::new(),
         }
     }
 }
@@ -157,6 +161,11 @@ pub trait QueryScope: Send + Sync {
     /// that [`result_metadata`](Self::result_metadata) describes all of it.
     fn completes_before_sending(&self) -> bool {
         false
+    }
+    /// What to keep of this statement, once started, for the session's
+    /// next statements to read (the coordinator's `last_query` view).
+    fn session_report(&self) -> Option<BTreeMap<String, String>> {
+        None
     }
 }
 
@@ -222,11 +231,19 @@ enum Handle {
     Execution {
         owner: String,
         scope: Arc<dyn QueryScope>,
-        df: Box<DataFrame>,
+        started: Started,
         sql: String,
         meta: RequestMeta,
         created: Instant,
     },
+}
+
+/// A statement started when its FlightInfo was asked for: its stream and
+/// the schema it announced, which every batch it streams is made to match
+/// (types, nullability, names and metadata).
+struct Started {
+    stream: datafusion::execution::SendableRecordBatchStream,
+    schema: SchemaRef,
 }
 
 impl Handle {
@@ -248,6 +265,8 @@ struct Session {
     caller: Caller,
     expires: Instant,
     settings: BTreeMap<String, String>,
+    /// What the backend reported of the session's last statement.
+    last_report: BTreeMap<String, String>,
 }
 
 /// A Flight SQL endpoint over a [`Backend`].
@@ -370,12 +389,25 @@ impl<B: Backend> FlightSqlEndpoint<B> {
     /// The request's headers and its session's settings.
     fn meta(&self, md: &MetadataMap) -> RequestMeta {
         let mut meta = RequestMeta::from_metadata(md);
-        if let Some(session) =
-            Self::bearer(md).and_then(|t| lock(&self.sessions).get(t).map(|s| s.settings.clone()))
-        {
-            meta.settings = session;
+        if let Some((settings, last)) = Self::bearer(md).and_then(|t| {
+            lock(&self.sessions)
+                .get(t)
+                .map(|s| (s.settings.clone(), s.last_report.clone()))
+        }) {
+            meta.settings = settings;
+            meta.last_report = last;
         }
         meta
+    }
+
+    /// Keeps what the backend reports of a started statement for the
+    /// session's next statements.
+    fn keep_report(&self, md: &MetadataMap, scope: &dyn QueryScope) {
+        if let (Some(token), Some(report)) = (Self::bearer(md), scope.session_report())
+            && let Some(session) = lock(&self.sessions).get_mut(token)
+        {
+            session.last_report = report;
+        }
     }
 
     /// A `SET` of a setting the backend accepts, if `sql` is one.
@@ -449,8 +481,8 @@ impl<B: Backend> FlightSqlEndpoint<B> {
         to_client_types(df).map_err(|e| scope.explain_failure(e, Stage::Planning))
     }
 
-    /// Plans a statement for execution and returns its handle and schema.
-    /// A refused or failed plan is recorded by the scope.
+    /// Plans and starts a statement and returns its handle and the schema
+    /// it announces. A refused or failed statement is recorded by the scope.
     async fn prepare_execution(
         &self,
         caller: &Caller,
@@ -470,18 +502,25 @@ impl<B: Backend> FlightSqlEndpoint<B> {
             Some(_) => scope.session().read_empty().map_err(QueryError::from),
             None => Self::plan(scope.as_ref(), sql, params).await,
         };
-        let df = match planned {
-            Ok(df) => df,
+        let started = match planned {
+            Ok(df) => start(&scope, df)
+                .await
+                .map_err(|e| scope.explain_failure(e, Stage::Execution)),
+            Err(e) => Err(e),
+        };
+        let started = match started {
+            Ok(started) => started,
             Err(e) => {
                 scope.finish(sql, Err(&e));
                 return Err(e.into());
             }
         };
-        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let schema = started.schema.clone();
+        self.keep_report(md, scope.as_ref());
         let handle = Handle::Execution {
             owner: caller.user.clone(),
             scope,
-            df: Box::new(df),
+            started,
             sql: sql.to_string(),
             meta,
             created: Instant::now(),
@@ -587,31 +626,65 @@ impl<B: Backend> FlightSqlEndpoint<B> {
     }
 }
 
-/// Starts the statement; a scope that wants its result complete before the
-/// schema goes out gets it computed here first.
-async fn run(
-    scope: &Arc<dyn QueryScope>,
-    df: DataFrame,
-) -> datafusion::error::Result<datafusion::execution::SendableRecordBatchStream> {
+/// Starts a planned statement: its physical plan is made (nodes are
+/// connected, so the coverage manifest knows every node's status), and a
+/// scope that wants its result complete before anything is sent gets it
+/// computed here. The announced schema is the stream's, with client types
+/// and the scope's metadata (coverage, disclosure), so every client, ADBC
+/// included, sees the metadata with the FlightInfo.
+async fn start(scope: &Arc<dyn QueryScope>, df: DataFrame) -> datafusion::error::Result<Started> {
     let stream = df.execute_stream().await?;
-    if !scope.completes_before_sending() {
-        return Ok(stream);
-    }
-    let schema = stream.schema();
-    let batches: Vec<RecordBatch> = stream.try_collect().await?;
-    Ok(Box::pin(
-        datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
-            schema,
-            futures::stream::iter(batches.into_iter().map(Ok)),
-        ),
-    ))
+    let stream: datafusion::execution::SendableRecordBatchStream =
+        if scope.completes_before_sending() {
+            let schema = stream.schema();
+            let batches: Vec<RecordBatch> = stream.try_collect().await?;
+            Box::pin(
+                datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+                    schema,
+                    futures::stream::iter(batches.into_iter().map(Ok)),
+                ),
+            )
+        } else {
+            stream
+        };
+    let fields: Vec<Field> = stream
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| crate::boundary::client_field(f))
+        .collect();
+    let schema = Arc::new(Schema::new_with_metadata(fields, scope.result_metadata()));
+    Ok(Started { stream, schema })
 }
 
-/// Streams a planned statement: runs it, encodes batches as they come, and
-/// records the outcome once the stream ends, fails or the client goes away.
+/// `batch` as a batch of `schema`: columns cast to its types where they
+/// differ (a view type, a decimal computed as a float), so the stream is
+/// exactly what the FlightInfo announced.
+fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, FlightError> {
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(column, field)| {
+            if column.data_type() == field.data_type() {
+                Ok(column.clone())
+            } else {
+                datafusion::arrow::compute::cast(column, field.data_type())
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| FlightError::ExternalError(Box::new(e)))?;
+    let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    RecordBatch::try_new_with_options(schema.clone(), columns, &options)
+        .map_err(|e| FlightError::ExternalError(Box::new(e)))
+}
+
+/// Streams a started statement, encoding batches as they come, and records
+/// the outcome once the stream ends, fails (an encoding failure included)
+/// or the client goes away.
 fn execute_stream(
     scope: Arc<dyn QueryScope>,
-    df: DataFrame,
+    started: Started,
     sql: String,
     meta: RequestMeta,
 ) -> DoGetStream {
@@ -619,37 +692,18 @@ fn execute_stream(
     // instead of the server buffering the result.
     let (tx, rx) = mpsc::channel::<Result<FlightData, Status>>(2);
     tokio::spawn(async move {
-        let stream = match run(&scope, df).await {
-            Ok(s) => s,
-            Err(e) => {
-                let err = scope.explain_failure(e, Stage::Execution);
-                scope.finish(&sql, Err(&err));
-                let _ = tx.send(Err(err.into())).await;
-                return;
-            }
-        };
-        let metadata = scope.result_metadata();
-        let schema = match metadata.is_empty() {
-            true => stream.schema(),
-            false => Arc::new(stream.schema().as_ref().clone().with_metadata(metadata)),
-        };
+        let Started { stream, schema } = started;
         let released = Arc::new(Mutex::new(Released::default()));
         let failure: Arc<Mutex<Option<datafusion::error::DataFusionError>>> =
             Arc::new(Mutex::new(None));
         let (counter, failed, result_schema) = (released.clone(), failure.clone(), schema.clone());
         let counted = stream.map(move |item| match item {
             Ok(batch) => {
+                let batch = conform(batch, &result_schema)?;
                 let mut r = lock(&counter);
                 r.rows += batch.num_rows() as u64;
                 r.bytes += batch.get_array_memory_size() as u64;
-                // Same fields; the result's metadata travels with the schema.
-                let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
-                RecordBatch::try_new_with_options(
-                    result_schema.clone(),
-                    batch.columns().to_vec(),
-                    &options,
-                )
-                .map_err(|e| FlightError::ExternalError(Box::new(e)))
+                Ok(batch)
             }
             Err(e) => {
                 *lock(&failed) = Some(e);
@@ -660,6 +714,7 @@ fn execute_stream(
             .with_schema(schema)
             .build(counted);
         let mut cancelled = false;
+        let mut encoding: Option<FlightError> = None;
         while let Some(item) = encoded.next().await {
             match item {
                 Ok(data) => {
@@ -668,14 +723,24 @@ fn execute_stream(
                         break;
                     }
                 }
-                Err(_) => break,
+                Err(e) => {
+                    encoding = Some(e);
+                    break;
+                }
             }
         }
         drop(encoded);
         let totals = *lock(&released);
         let failure = lock(&failure).take();
-        if let Some(e) = failure {
-            let err = scope.explain_failure(e, Stage::Execution);
+        let err = match (failure, encoding) {
+            (Some(e), _) => Some(scope.explain_failure(e, Stage::Execution)),
+            (None, Some(e)) => Some(QueryError::Internal(format!(
+                "the result could not be encoded ({}); the stream was cut short",
+                e.to_string().lines().next().unwrap_or("unknown")
+            ))),
+            (None, None) => None,
+        };
+        if let Some(err) = err {
             scope.finish(&sql, Err(&err));
             let _ = tx.send(Err(err.into())).await;
         } else if cancelled {
@@ -739,6 +804,7 @@ impl<B: Backend> FlightSqlService for FlightSqlEndpoint<B> {
                     caller: caller.clone(),
                     expires: Instant::now() + SESSION_TTL,
                     settings: BTreeMap::new(),
+                    last_report: BTreeMap::new(),
                 },
             );
         }
@@ -808,11 +874,11 @@ impl<B: Backend> FlightSqlService for FlightSqlEndpoint<B> {
         match self.take_handle(&ticket.statement_handle, &caller)? {
             Handle::Execution {
                 scope,
-                df,
+                started,
                 sql,
                 meta,
                 ..
-            } => Ok(Response::new(execute_stream(scope, *df, sql, meta))),
+            } => Ok(Response::new(execute_stream(scope, started, sql, meta))),
             Handle::Prepared { .. } => Err(Status::invalid_argument(
                 "a prepared statement handle is not a ticket",
             )),

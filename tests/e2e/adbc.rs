@@ -122,3 +122,110 @@ async fn python_adbc_driver_queries_a_node() {
     );
     assert_eq!(results[3]["rows"].as_array().unwrap().len(), 5);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn through_adbc_a_partial_answer_names_the_missing_node_and_reports_reach_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    generate(root, 3_000, 23);
+    let mut nodes: Vec<NodeProcess> = ["acute", "gp", "council"]
+        .iter()
+        .map(|org| NodeProcess::start(&root.join(format!("{org}/node.toml"))))
+        .collect();
+    let coordinator = crate::coordinator::start_coordinator(
+        root,
+        &[
+            ("acute", &nodes[0]),
+            ("gp", &nodes[1]),
+            ("council", &nodes[2]),
+        ],
+    );
+    let uri = format!("grpc://{}", coordinator.addr);
+    let planner = root.join("secrets/planner.token");
+    let contacts = "SELECT setting, count(*) AS contacts FROM combined.contacts GROUP BY setting";
+
+    // Every node up: the coverage manifest and the disclosure report arrive
+    // with the result, through the driver; `?` parameters bind; pandas and
+    // polars read results.
+    let out = adbc(
+        &uri,
+        "planner",
+        &planner,
+        serde_json::json!([
+            { "sql": contacts },
+            { "sql": "SELECT sex, count(*) AS people FROM gp.registrations WHERE birth_year > ? GROUP BY sex", "params": [1950] },
+            { "sql": "SELECT sex, count(*) AS people FROM gp.registrations GROUP BY sex", "read_with": "pandas" },
+            { "sql": "SELECT sex, count(*) AS people FROM gp.registrations GROUP BY sex", "read_with": "polars" },
+            { "sql": "SELECT query_id, partial, missing_nodes FROM last_query" },
+        ]),
+    );
+    let results = out["results"].as_array().unwrap();
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r["ok"], true, "{i}: {r}");
+    }
+    let coverage: serde_json::Value =
+        serde_json::from_str(results[0]["metadata"]["carrow.coverage"].as_str().unwrap()).unwrap();
+    for node in ["acute", "gp", "council"] {
+        assert_eq!(coverage[node]["status"], "ok", "{coverage}");
+    }
+    assert!(
+        results[0]["metadata"]["carrow.disclosure"]
+            .as_str()
+            .is_some_and(|d| d.contains("rows_released")),
+        "{}",
+        results[0]
+    );
+    assert_eq!(
+        results[1]["rows"].as_array().unwrap().len(),
+        2,
+        "{}",
+        results[1]
+    );
+    assert_eq!(
+        results[2]["rows"], results[3]["rows"],
+        "pandas and polars agree"
+    );
+    assert_eq!(results[2]["rows"].as_array().unwrap().len(), 2);
+    assert_eq!(results[4]["rows"][0][1], "False", "{}", results[4]);
+
+    // The council node goes down. With allow_partial the answer comes back
+    // without it, and the client sees which node is missing: in the
+    // result's metadata and in the last_query view.
+    drop(nodes.pop());
+    let out = adbc(
+        &uri,
+        "planner",
+        &planner,
+        serde_json::json!([
+            { "sql": contacts },
+            { "sql": "SET carrow.allow_partial = true" },
+            { "sql": contacts },
+            { "sql": "SELECT partial, missing_nodes FROM last_query" },
+        ]),
+    );
+    let results = out["results"].as_array().unwrap();
+    assert_eq!(results[0]["ok"], false, "{}", results[0]);
+    assert!(
+        results[0]["error"].as_str().unwrap().contains("council"),
+        "the failure names the node: {}",
+        results[0]
+    );
+    assert_eq!(results[2]["ok"], true, "{}", results[2]);
+    let coverage: serde_json::Value =
+        serde_json::from_str(results[2]["metadata"]["carrow.coverage"].as_str().unwrap()).unwrap();
+    assert_eq!(coverage["council"]["status"], "unreachable", "{coverage}");
+    assert_eq!(coverage["gp"]["status"], "ok", "{coverage}");
+    let settings: Vec<&str> = results[2]["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[0].as_str().unwrap())
+        .collect();
+    assert!(!settings.contains(&"social care"), "{settings:?}");
+    assert_eq!(
+        results[3]["rows"],
+        serde_json::json!([["True", "council"]]),
+        "{}",
+        results[3]
+    );
+}

@@ -244,11 +244,18 @@ async fn federated_answers_equal_central_answers_and_nodes_receive_pushed_down_s
         let expected = rows(&central.sql(sql).await.unwrap().collect().await.unwrap());
         assert_eq!(result["rows"], serde_json::json!(expected), "{sql}");
     }
+    // Ten published tables and the session's `last_query` view.
     assert_eq!(
         out["tables"].as_array().unwrap().len(),
-        10,
+        11,
         "{}",
         out["tables"]
+    );
+    assert!(
+        out["tables"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("last_query"))
     );
 
     // `carrow sql` prints the same answer, as a planner sees it (perturbed

@@ -31,7 +31,9 @@ fn statements(table: &str, column: &str) -> Vec<(String, Option<String>, &'stati
         )
     };
     let and_chain = |n: usize| {
-        let terms: Vec<String> = (0..n).map(|i| format!("{column} <> {}", i + 3000)).collect();
+        let terms: Vec<String> = (0..n)
+            .map(|i| format!("{column} <> {}", i + 3000))
+            .collect();
         format!(
             "SELECT count(*) > 0 AS s FROM {table} WHERE {}",
             terms.join(" AND ")
@@ -79,7 +81,9 @@ async fn exercise(
             (Err(e), Some(_)) => panic!("{what} should run: {e}"),
         }
         // Still serving.
-        query(client, alive).await.unwrap_or_else(|e| panic!("after {what}: {e}"));
+        query(client, alive)
+            .await
+            .unwrap_or_else(|e| panic!("after {what}: {e}"));
     }
 }
 
@@ -89,7 +93,12 @@ async fn huge_statements_are_answered_or_refused_and_no_process_falls() {
     let root: &Path = dir.path();
     generate(root, 2_000, 21);
     let node = NodeProcess::start(&root.join("gp/node.toml"));
-    let mut operator = client(node.addr, "operator", &root.join("secrets/operator-gp.token")).await;
+    let mut operator = client(
+        node.addr,
+        "operator",
+        &root.join("secrets/operator-gp.token"),
+    )
+    .await;
     exercise(
         &mut operator,
         "registrations",
@@ -99,13 +108,8 @@ async fn huge_statements_are_answered_or_refused_and_no_process_falls() {
     .await;
 
     let coordinator = start_coordinator(root, &[("gp", &node)]);
-    let mut researcher = crate::support::approved_researcher(
-        coordinator.addr,
-        root,
-        &[],
-        "extract",
-    )
-    .await;
+    let mut researcher =
+        crate::support::approved_researcher(coordinator.addr, root, &[], "extract").await;
     // The coordinator checks the statement before anything else: a
     // researcher without approvals still gets the limit's error.
     for (sql, expected, what) in statements("gp.registrations", "birth_year") {
@@ -114,15 +118,23 @@ async fn huge_statements_are_answered_or_refused_and_no_process_falls() {
             assert!(e.contains("limit"), "{what}: {e}");
         }
     }
-    let mut planner = client(coordinator.addr, "planner", &root.join("secrets/planner.token")).await;
+    let mut planner = client(
+        coordinator.addr,
+        "planner",
+        &root.join("secrets/planner.token"),
+    )
+    .await;
     for (sql, expected, what) in statements("gp.registrations", "birth_year") {
         let result = query(&mut planner, &sql).await;
         if expected.is_none() {
             let e = result.unwrap_err();
             assert!(e.contains("limit"), "{what}: {e}");
         }
-        query(&mut planner, "SELECT sex, count(*) FROM gp.registrations GROUP BY sex")
-            .await
-            .unwrap_or_else(|e| panic!("after {what}: {e}"));
+        query(
+            &mut planner,
+            "SELECT sex, count(*) FROM gp.registrations GROUP BY sex",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("after {what}: {e}"));
     }
 }

@@ -1,8 +1,11 @@
 """Runs queries through the Python ADBC Flight SQL driver, the reference client.
 
 Usage: adbc_client.py URI USER TOKEN_FILE < queries.json
-queries.json: [{"sql": "...", "params": [..] or null}, ...]
-Prints JSON: {"tables": [...], "results": [{"ok", "types", "rows"} or {"ok": false, "error"}]}
+queries.json: [{"sql": "...", "params": [..] or null, "read_with": "arrow" | "pandas" | "polars"}, ...]
+Prints JSON: {"tables": [...], "results": [{"ok", "types", "rows", "metadata"} or {"ok": false, "error"}]}
+`metadata` is the result schema's metadata as the driver gives it (Carrow's
+coverage manifest and disclosure report). Statements run in one session, in
+order, so a `SET carrow.allow_partial = true` holds for those after it.
 """
 import json
 import sys
@@ -33,9 +36,25 @@ def main():
             cur = conn.cursor()
             try:
                 cur.execute(query["sql"], query.get("params"))
+                reader = query.get("read_with", "arrow")
+                if reader == "pandas":
+                    frame = cur.fetch_df()
+                    rows = sorted([cell(v) for v in row] for row in frame.itertuples(index=False))
+                    out["results"].append({"ok": True, "types": [str(t) for t in frame.dtypes], "rows": rows})
+                    continue
                 table = cur.fetch_arrow_table()
+                metadata = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+                if reader == "polars":
+                    import polars
+
+                    frame = polars.from_arrow(table)
+                    rows = sorted([cell(v) for v in row] for row in frame.iter_rows())
+                    out["results"].append({"ok": True, "types": [str(t) for t in frame.dtypes], "rows": rows, "metadata": metadata})
+                    continue
                 rows = sorted([cell(v) for v in row.values()] for row in table.to_pylist())
-                out["results"].append({"ok": True, "types": [str(f.type) for f in table.schema], "rows": rows})
+                out["results"].append(
+                    {"ok": True, "types": [str(f.type) for f in table.schema], "rows": rows, "metadata": metadata}
+                )
             except Exception as e:  # the error text is what the test checks
                 out["results"].append({"ok": False, "error": str(e)})
             finally:

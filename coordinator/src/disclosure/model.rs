@@ -86,6 +86,9 @@ fn scan_is_personal(scan: &datafusion::logical_expr::TableScan) -> bool {
         return true;
     };
     let any: &dyn Any = provider.as_ref();
+    if any.is::<crate::last_query::LastQuery>() {
+        return false;
+    }
     any.downcast_ref::<RemoteTable>()
         .is_none_or(RemoteTable::personal)
 }
