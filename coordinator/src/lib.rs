@@ -9,6 +9,7 @@
 //! - [`pushdown`]: the rule that sends single-node subtrees to their node whole;
 //! - [`split_aggregate`]: partial aggregates per node under a union;
 //! - [`disclosure`]: disclosure control of planners' results;
+//! - [`known_catalog`]: each node's last catalog, kept across restarts;
 //! - [`last_query`]: the session view of the last query's coverage and disclosure;
 //! - [`linkage`]: the linkage stage mapping pids to person keys;
 //! - [`service`]: the Flight SQL backend, roles, requests and the audit log.
@@ -16,6 +17,7 @@
 pub mod combined;
 pub mod config;
 pub mod disclosure;
+pub mod known_catalog;
 pub mod last_query;
 pub mod linkage;
 pub mod pushdown;

@@ -146,17 +146,24 @@ impl Coverage {
     }
 }
 
-/// The status word for a failed connection.
+/// The coverage status word of a node's failure, by its kind.
 fn status_of(error: &QueryError) -> &'static str {
-    let text = error.to_string();
-    if text.contains("publishes no table") || text.contains("is unavailable at node") {
-        "no such table"
-    } else if text.contains("refused") {
-        "refused"
-    } else if text.contains("timed out") || text.contains("deadline") {
-        "timed out"
-    } else {
-        "unreachable"
+    match error {
+        QueryError::NotFound(_) => "no such table",
+        QueryError::Refused { .. } | QueryError::Unauthenticated(_) => "refused",
+        QueryError::TimedOut(_) => "timed out",
+        QueryError::ResourceExhausted(_) => "resources exhausted",
+        _ => "unreachable",
+    }
+}
+
+/// The error a failed call to node `node` means, by the status the node
+/// (or the transport) gave; `doing` says what the call was.
+fn remote_error(e: FlightError, node: &str, doing: &str) -> QueryError {
+    let context = format!("node {node} {doing}");
+    match e {
+        FlightError::Tonic(status) => QueryError::from_status(&status, &context),
+        other => QueryError::Unavailable(format!("{context}: {other}")),
     }
 }
 
@@ -246,12 +253,7 @@ impl NodeClient {
         client
             .handshake(&self.user, &self.token)
             .await
-            .map_err(|e| {
-                QueryError::Unavailable(format!(
-                    "node {} refused the coordinator's login: {e}",
-                    self.name
-                ))
-            })?;
+            .map_err(|e| remote_error(e, &self.name, "refused the coordinator's login"))?;
         if let Some(token) = client.token() {
             *self.session.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some((channel, token.clone()));
@@ -307,24 +309,25 @@ impl NodeClient {
         sql: &str,
     ) -> Result<Vec<datafusion::arrow::array::RecordBatch>, QueryError> {
         let context = FragmentContext::internal(project, "linkage");
-        let failed = |e: String| {
-            QueryError::Unavailable(format!(
-                "node {} did not send its linkage tokens: {e}",
-                self.name
-            ))
-        };
+        let doing = "did not send its linkage tokens";
+        let failed =
+            |e: String| QueryError::Unavailable(format!("node {} {doing}: {e}", self.name));
         let mut client = self.connect(&context).await?;
         client.set_header(LINKAGE_HEADER, "1");
         let sql = sql.to_string();
         let info = match client.execute(sql.clone(), None).await {
             Ok(info) => info,
-            Err(_) => {
+            Err(e) => {
+                let e = remote_error(e, &self.name, doing);
+                if !e.is_transport_failure() {
+                    return Err(e);
+                }
                 self.reconnect(&mut client, &context).await?;
                 client.set_header(LINKAGE_HEADER, "1");
                 client
                     .execute(sql, None)
                     .await
-                    .map_err(|e| failed(e.to_string()))?
+                    .map_err(|e| remote_error(e, &self.name, doing))?
             }
         };
         let mut batches = Vec::new();
@@ -420,15 +423,23 @@ impl NodeClient {
             node_query_id: None,
             node_audit_head: None,
         };
+        let doing = "failed the fragment";
         let info = match client.execute(sql.clone(), None).await {
             Ok(info) => info,
-            Err(_) => {
-                let retried = match self.reconnect(&mut client, &context).await {
-                    Ok(()) => client
-                        .execute(sql.clone(), None)
-                        .await
-                        .map_err(|e| failed(e.to_string())),
-                    Err(e) => Err(e),
+            Err(e) => {
+                // A stale connection is worth one more try; a refusal or a
+                // bad statement is final.
+                let first = remote_error(e, &self.name, doing);
+                let retried = if first.is_transport_failure() {
+                    match self.reconnect(&mut client, &context).await {
+                        Ok(()) => client
+                            .execute(sql.clone(), None)
+                            .await
+                            .map_err(|e| remote_error(e, &self.name, doing)),
+                        Err(e) => Err(e),
+                    }
+                } else {
+                    Err(first)
                 };
                 match retried {
                     Ok(info) => info,
@@ -451,8 +462,8 @@ impl NodeClient {
         let receipt: Arc<std::sync::Mutex<Option<Vec<u8>>>> = Arc::default();
         let raw = match raw_do_get(&mut client, ticket, &context).await {
             Ok(raw) => raw,
-            Err(e) => {
-                let e = failed(e.to_string());
+            Err(status) => {
+                let e = QueryError::from_status(&status, &format!("node {} {doing}", self.name));
                 context.coverage.record(refused(e.to_string()));
                 return Err(e);
             }
@@ -500,9 +511,9 @@ impl NodeClient {
                         }
                         Some(Err(e)) => {
                             let mut done = pending.take()?;
-                            done.status = format!("failed: {e}");
+                            let error = remote_error(e, &name, "failed while streaming");
+                            done.status = format!("failed: {error}");
                             coverage.record(done);
-                            let error = QueryError::Unavailable(format!("node {name}: {e}"));
                             Some((
                                 Err(DataFusionError::External(Box::new(error))),
                                 (decoded, None),

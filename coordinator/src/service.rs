@@ -56,6 +56,8 @@ pub struct CoordinatorState {
     nodes: Vec<Arc<NodeClient>>,
     /// Nodes that did not answer the last catalog refresh, with the reason.
     unreachable: std::sync::Mutex<Vec<(String, String)>>,
+    /// Each node's last catalog, kept across restarts.
+    known: crate::known_catalog::KnownCatalog,
     /// Disclosure control for planners and aggregate research.
     rules: Rules,
     /// The secret every project's record keys are derived from.
@@ -107,6 +109,7 @@ impl CoordinatorState {
             CoordinatorError::State(format!("cannot create {}: {e}", config.state_dir.display()))
         })?;
         let cell_key_secret = cell_key_secret(&config.cell_key_secret_file())?;
+        let known = crate::known_catalog::KnownCatalog::open(&config.state_dir);
         let requests = RequestStore::open(&config.state_dir.join(REQUESTS_FILE))
             .map_err(|e| CoordinatorError::State(e.to_string()))?;
         let audit = AuditLog::open(&config.state_dir.join(AUDIT_FILE))
@@ -117,6 +120,7 @@ impl CoordinatorState {
             catalog: Arc::new(MemoryCatalogProvider::new()),
             nodes,
             unreachable: std::sync::Mutex::new(Vec::new()),
+            known,
             rules,
             cell_key_secret,
             record_keys: std::sync::Mutex::new(HashMap::new()),
@@ -131,29 +135,39 @@ impl CoordinatorState {
     }
 
     /// Lists every node's published tables and replaces its schema in the
-    /// catalog. A node that does not answer keeps the schema it had (its
-    /// queries fail, naming it, until it is back) and is reported.
+    /// catalog (and in the known catalog of the state directory). A node
+    /// that does not answer keeps the schema it had, or the one it last
+    /// gave before a restart (its queries fail, naming it, until it is
+    /// back), and is reported.
     pub async fn refresh(&self) -> Result<(), CoordinatorError> {
         let mut unreachable = Vec::new();
         for client in &self.nodes {
-            match client.tables(&self.config.default_project).await {
+            let tables = match client.tables(&self.config.default_project).await {
                 Ok(tables) => {
-                    let schema = Arc::new(MemorySchemaProvider::new());
-                    for (name, table_schema) in tables {
-                        let table = RemoteTable::new(client.clone(), name.clone(), table_schema);
-                        schema
-                            .register_table(name, Arc::new(table))
-                            .map_err(|e| CoordinatorError::Catalog(e.to_string()))?;
-                    }
-                    tracing::debug!(node = %client.name, tables = ?schema.table_names(), "node catalog loaded");
-                    self.catalog
-                        .register_schema(&client.name, schema)
-                        .map_err(|e| CoordinatorError::Catalog(e.to_string()))?;
+                    self.known.remember(&client.name, &tables);
+                    Some(tables)
                 }
                 Err(e) => {
                     tracing::warn!(node = %client.name, error = %e, "node did not answer the catalog refresh");
                     unreachable.push((client.name.clone(), e.to_string()));
+                    // Known from before a restart, if not in the catalog yet.
+                    (self.catalog.schema(&client.name).is_none())
+                        .then(|| self.known.tables(&client.name))
+                        .flatten()
                 }
+            };
+            if let Some(tables) = tables {
+                let schema = Arc::new(MemorySchemaProvider::new());
+                for (name, table_schema) in tables {
+                    let table = RemoteTable::new(client.clone(), name.clone(), table_schema);
+                    schema
+                        .register_table(name, Arc::new(table))
+                        .map_err(|e| CoordinatorError::Catalog(e.to_string()))?;
+                }
+                tracing::debug!(node = %client.name, tables = ?schema.table_names(), "node catalog loaded");
+                self.catalog
+                    .register_schema(&client.name, schema)
+                    .map_err(|e| CoordinatorError::Catalog(e.to_string()))?;
             }
         }
         let combined = crate::combined::build(self.catalog.as_ref())
@@ -374,16 +388,10 @@ fn redact_execution_error(err: DataFusionError) -> QueryError {
     let root = err.find_root();
     if let DataFusionError::External(inner) = root {
         if let Some(e) = inner.downcast_ref::<QueryError>() {
+            // Our own errors (a node's, already redacted there) keep their words.
             return match e {
-                QueryError::Unavailable(m) => QueryError::Unavailable(m.clone()),
-                QueryError::Refused { rule, detail } => {
-                    QueryError::refused(rule.clone(), detail.clone())
-                }
-                QueryError::NotFound(m) => QueryError::NotFound(m.clone()),
-                QueryError::Invalid(m) => QueryError::Invalid(m.clone()),
-                QueryError::Unauthenticated(m) => QueryError::Unauthenticated(m.clone()),
-                QueryError::Internal(m) => QueryError::Internal(m.clone()),
                 QueryError::DataFusion(_) => QueryError::Internal("query execution failed".into()),
+                other => other.copied(),
             };
         }
         if let Some(status) = inner.downcast_ref::<tonic::Status>() {

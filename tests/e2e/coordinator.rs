@@ -852,3 +852,49 @@ fn carrow_demo_runs_end_to_end() {
         assert!(text.contains(heading), "missing {heading:?} in\n{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_down_when_the_coordinator_restarts_is_named_unreachable_not_unknown() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    generate(root, 800, 64);
+    let acute = NodeProcess::start(&root.join("acute/node.toml"));
+    let gp = NodeProcess::start(&root.join("gp/node.toml"));
+    let first = start_coordinator(root, &[("acute", &acute), ("gp", &gp)]);
+    drop(first);
+    // The coordinator restarts while gp is down: it knows gp's tables from
+    // its state directory.
+    drop(gp);
+    let coordinator = start_coordinator_again(root);
+    let joined = "SELECT count(*) FROM gp.registrations r JOIN acute.admissions a ON a.pid = r.pid";
+    let mut researcher =
+        crate::support::approved_researcher(coordinator.addr, root, &[joined], "extract").await;
+    let err = query(&mut researcher, joined).await.unwrap_err();
+    assert!(
+        err.contains("unavailable") && err.contains("node gp") && err.contains("unreachable"),
+        "{err}"
+    );
+    assert!(!err.contains("not found"), "{err}");
+    // A partial answer leaves gp out and says so.
+    let mut planner = client(
+        coordinator.addr,
+        "planner",
+        &root.join("secrets/planner.token"),
+    )
+    .await;
+    query(&mut planner, "SET carrow.allow_partial = true")
+        .await
+        .unwrap();
+    let (batches, metadata) = query_with_metadata(
+        &mut planner,
+        "SELECT setting, count(*) FROM combined.contacts GROUP BY setting",
+    )
+    .await
+    .unwrap();
+    let manifest: serde_json::Value = serde_json::from_str(&metadata["carrow.coverage"]).unwrap();
+    assert_eq!(manifest["gp"]["status"], "unreachable", "{manifest}");
+    assert_eq!(manifest["acute"]["status"], "ok", "{manifest}");
+    let settings: Vec<String> = rows(&batches).into_iter().map(|r| r[0].clone()).collect();
+    assert_eq!(settings, vec!["hospital".to_string()]);
+    drop(acute);
+}
