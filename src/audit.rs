@@ -50,8 +50,18 @@ pub fn show(log: PathBuf, filters: ShowFilters) -> anyhow::Result<()> {
         "seq", "time (UTC)", "kind", "user", "role", "project", "request", "outcome", "rows", "ms"
     );
     let mut shown = 0;
+    let finished: std::collections::HashSet<&str> = entries
+        .iter()
+        .filter(|e| e.body["phase"] == carrow_governance::audit::PHASE_FINISHED)
+        .filter_map(|e| e.body["query_id"].as_str())
+        .collect();
     for entry in entries.iter().filter(|e| keep(e, &filters)) {
         let b = &entry.body;
+        // A start is shown only when no outcome followed: the process stopped.
+        let started = b["phase"] == carrow_governance::audit::PHASE_STARTED;
+        if started && b["query_id"].as_str().is_some_and(|q| finished.contains(q)) {
+            continue;
+        }
         let detail = match b["kind"].as_str() {
             Some("request") => format!("{} request", text(&b["action"])),
             _ => one_line(text(&b["sql"])),
@@ -73,7 +83,11 @@ pub fn show(log: PathBuf, filters: ShowFilters) -> anyhow::Result<()> {
             text(&b["role"]),
             b["project"].as_str().unwrap_or("-"),
             number(&b["request"]),
-            text(&b["outcome"]),
+            if started {
+                "no outcome"
+            } else {
+                text(&b["outcome"])
+            },
             number(&b["rows"]),
             number(&b["duration_ms"]),
             detail
@@ -93,7 +107,9 @@ fn print_user_summary<'a>(entries: impl Iterator<Item = &'a Entry>) {
     let mut users: std::collections::BTreeMap<String, [u64; 3]> = Default::default();
     for entry in entries {
         let b = &entry.body;
-        if b["kind"].as_str() != Some("query") {
+        if b["kind"].as_str() != Some("query")
+            || b["phase"] == carrow_governance::audit::PHASE_STARTED
+        {
             continue;
         }
         let counts = users.entry(text(&b["user"]).to_string()).or_default();

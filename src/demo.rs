@@ -95,7 +95,7 @@ async fn run_in(dir: &Path, people: usize, seed: u64) -> anyhow::Result<()> {
         as_of: carrow_synth::default_as_of(),
     })?;
     println!(
-        "   acute: {} admissions; gp: {} registrations; council: {} clients ({} without an NHS number); {} national opt-outs",
+        "   acute: {} admissions; gp: {} registrations; council: {} clients ({} without an NHS number); {} national opt-outs, recorded at the GP practice only (the coordinator carries them to the other organisations)",
         summary.acute_admissions,
         summary.gp_registrations,
         summary.council_clients,

@@ -6,6 +6,7 @@ mod bench;
 mod client;
 mod config;
 mod demo;
+mod load;
 mod requests;
 
 use std::path::PathBuf;
@@ -65,6 +66,16 @@ enum Command {
         /// Instead, time the linkage stage: this many records against as many.
         #[arg(long)]
         linkage_records: Option<usize>,
+        /// Instead, run this many concurrent planners against a federation
+        /// of real processes and report throughput, latency and memory.
+        #[arg(long, value_name = "PLANNERS")]
+        load: Option<usize>,
+        /// With --load: how long the loaded run lasts.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// With --load: people in the generated region.
+        #[arg(long, default_value_t = 20_000)]
+        people: usize,
     },
     /// Generate a reproducible synthetic population and three organisations' data.
     Generate {
@@ -80,6 +91,10 @@ enum Command {
         /// Snapshot date (YYYY-MM-DD): every generated date is on or before it.
         #[arg(long, default_value_t = carrow_synth::default_as_of())]
         as_of: chrono::NaiveDate,
+        /// Instead, the eight TPC-H tables at this scale factor (0.01 is
+        /// about 87 000 rows) over three nodes, for differential testing.
+        #[arg(long, value_name = "SCALE_FACTOR")]
+        tpch: Option<f64>,
     },
     /// Run an organisation's node.
     Node {
@@ -233,9 +248,15 @@ fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Generate {
             out,
+            tpch: Some(scale_factor),
+            ..
+        } => generate_tpch(out, scale_factor),
+        Command::Generate {
+            out,
             people,
             seed,
             as_of,
+            tpch: None,
         } => generate(out, people, seed, as_of),
         Command::Keys {
             command: KeysCommand::Generate { out },
@@ -283,9 +304,15 @@ fn run(command: Command) -> anyhow::Result<()> {
             seed,
             keep,
             linkage_records,
+            load,
+            seconds,
+            people,
         } => {
             if let Some(n) = linkage_records {
                 return bench::linkage(n, seed);
+            }
+            if let Some(planners) = load {
+                return runtime()?.block_on(load::run(planners, seconds, people, seed, keep));
             }
             if repeat == 0 {
                 bail!("--repeat must be at least 1");
@@ -339,6 +366,13 @@ fn run(command: Command) -> anyhow::Result<()> {
                 report.records,
                 report.head
             );
+            if !report.unfinished.is_empty() {
+                println!(
+                    "{} statements were recorded as started with no outcome (the process stopped while running them): {}",
+                    report.unfinished.len(),
+                    report.unfinished.join(", ")
+                );
+            }
             Ok(())
         }
         Command::Audit {
@@ -522,6 +556,22 @@ fn print_link_report(project: &str, index: &carrow_coordinator::linkage::Linkage
             }
         );
     }
+}
+
+fn generate_tpch(out: PathBuf, scale_factor: f64) -> anyhow::Result<()> {
+    let summary = carrow_synth::tpch::generate(&out, scale_factor)
+        .with_context(|| format!("generating TPC-H into {}", out.display()))?;
+    println!(
+        "generated TPC-H at scale factor {scale_factor} into {}",
+        out.display()
+    );
+    for (table, rows) in &summary.rows {
+        println!("  {table:<10} {rows:>10} rows");
+    }
+    println!(
+        "nodes: sales (orders, lineitem), supply (part, partsupp, supplier), customers (customer, nation, region)"
+    );
+    Ok(())
 }
 
 fn generate(

@@ -145,6 +145,10 @@ fn print_request(r: &Value) {
     println!("request {}: {}", r["id"], text(&r["status"]));
     println!("  requester  {}", text(&r["requester"]));
     println!("  project    {}", text(&r["project"]));
+    match r["opt_out_exemption"].as_str() {
+        Some(basis) => println!("  opt-outs   exempt from the national data opt-out: {basis}"),
+        None => println!("  opt-outs   the national data opt-out applies"),
+    }
     println!("  purpose    {}", text(&r["purpose"]));
     println!("  output     {}", text(&r["output"]));
     println!(

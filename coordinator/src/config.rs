@@ -35,10 +35,30 @@ pub struct CoordinatorConfig {
     /// Seconds between refreshes of the node catalog (0: only at start).
     #[serde(default = "default_catalog_refresh_secs")]
     pub catalog_refresh_secs: u64,
-    /// Memory for query execution (joins, sorts, aggregates), in MiB; work
-    /// beyond it spills to disk.
+    /// Memory for all queries together (joins, sorts, aggregates), in MiB:
+    /// queries run concurrently while their pools fit in it, and wait
+    /// their turn beyond.
     #[serde(default = "default_memory_limit_mb")]
     pub memory_limit_mb: usize,
+    /// Memory one query may use, in MiB; beyond it the query spills to
+    /// disk or fails (never the coordinator).
+    #[serde(default = "default_query_memory_mb")]
+    pub query_memory_mb: usize,
+    /// Seconds one query may run, from its FlightInfo to its last batch.
+    #[serde(default = "default_query_time_limit_secs")]
+    pub query_time_limit_secs: u64,
+    /// Queries one user may run at once; more wait their turn.
+    #[serde(default = "default_max_queries_per_user")]
+    pub max_queries_per_user: usize,
+    /// The most a result held in memory before sending (a partial or
+    /// disclosure-controlled result is computed whole first), in MiB.
+    #[serde(default = "default_held_result_mb")]
+    pub held_result_mb: usize,
+    /// Projects' purposes, by project: the basis of an exemption from the
+    /// national data opt-out, shown with requests and recorded with every
+    /// query (nodes enforce their own copy).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub purposes: std::collections::BTreeMap<String, carrow_governance::purpose::ProjectPurpose>,
     /// The nodes this coordinator federates.
     pub nodes: Vec<NodeEndpoint>,
     /// Users who may query the coordinator.
@@ -75,6 +95,10 @@ pub struct UserConfig {
     pub role: Role,
     /// The password's argon2id hash, as a PHC string (`$argon2id$...`).
     pub password_hash: String,
+    /// Projects the user may query; none listed: any project the national
+    /// data opt-out applies to (an exempt project needs naming here).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub projects: Vec<String>,
 }
 
 /// Disclosure control: a preset, optionally with its parameters overridden.
@@ -153,6 +177,22 @@ fn default_memory_limit_mb() -> usize {
     2_048
 }
 
+fn default_query_memory_mb() -> usize {
+    512
+}
+
+fn default_query_time_limit_secs() -> u64 {
+    300
+}
+
+fn default_max_queries_per_user() -> usize {
+    4
+}
+
+fn default_held_result_mb() -> usize {
+    256
+}
+
 fn default_user() -> String {
     "coordinator".to_string()
 }
@@ -175,6 +215,21 @@ impl CoordinatorConfig {
                 "memory_limit_mb: {} is too small; give at least 64",
                 self.memory_limit_mb
             ));
+        }
+        if self.query_memory_mb < 16 || self.query_memory_mb > self.memory_limit_mb {
+            problems.push(format!(
+                "query_memory_mb: {} must be at least 16 and at most memory_limit_mb ({})",
+                self.query_memory_mb, self.memory_limit_mb
+            ));
+        }
+        for (field, value) in [
+            ("max_queries_per_user", self.max_queries_per_user as u64),
+            ("held_result_mb", self.held_result_mb as u64),
+            ("query_time_limit_secs", self.query_time_limit_secs),
+        ] {
+            if value == 0 {
+                problems.push(format!("{field}: must be greater than 0"));
+            }
         }
         for (field, value) in [
             ("connect_timeout_ms", self.connect_timeout_ms),
@@ -255,6 +310,36 @@ impl CoordinatorConfig {
                 n.token_file = base.join(&n.token_file);
             }
         }
+    }
+}
+
+impl CoordinatorConfig {
+    /// Whether `user` may query `project`, or why not.
+    pub fn may_use(&self, user: &str, project: &str) -> Result<(), String> {
+        let listed = self
+            .users
+            .iter()
+            .find(|u| u.name == user)
+            .map(|u| u.projects.as_slice())
+            .unwrap_or_default();
+        match (listed.is_empty(), self.opt_out_exemption(project)) {
+            (false, _) if listed.iter().any(|p| p == project) => Ok(()),
+            (false, _) => Err(format!(
+                "{user} may query projects {} only, not {project}",
+                listed.join(", ")
+            )),
+            (true, None) => Ok(()),
+            (true, Some(basis)) => Err(format!(
+                "project {project} is exempt from the national data opt-out ({basis}): \
+                 only users the configuration names for it may query it"
+            )),
+        }
+    }
+
+    /// The basis on which `project` is exempt from the national data
+    /// opt-out, if it is.
+    pub fn opt_out_exemption(&self, project: &str) -> Option<&str> {
+        self.purposes.get(project)?.opt_out_exempt.as_deref()
     }
 }
 

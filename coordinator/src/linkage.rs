@@ -63,10 +63,26 @@ pub struct LinkageIndex {
     /// index merges them): work over their pids must see mapped pids, so
     /// it runs at the coordinator, not at the node.
     pub nodes_with_merged_records: BTreeSet<String>,
+    /// Per node, its pids of persons with a national data opt-out recorded
+    /// at any node's register: the node withholds them at its boundary.
+    withheld: HashMap<String, Vec<Token>>,
+    /// The version of the registers and linkage the withheld lists come
+    /// from; `None` when no node keeps a register.
+    opt_out_version: Option<String>,
     fingerprint: u64,
 }
 
 impl LinkageIndex {
+    /// The pids `node` must withhold for opt-outs recorded anywhere.
+    pub fn withheld(&self, node: &str) -> &[Token] {
+        self.withheld.get(node).map_or(&[], Vec::as_slice)
+    }
+
+    /// The version of the withheld lists, when any node keeps a register.
+    pub fn opt_out_version(&self) -> Option<&str> {
+        self.opt_out_version.as_deref()
+    }
+
     /// The person key of `pid` as node `source` sends it.
     pub fn key(&self, source: u32, pid: &Token) -> Token {
         self.keys.get(&(source, *pid)).copied().unwrap_or(*pid)
@@ -132,6 +148,8 @@ pub async fn build(
         return Ok(previous.clone());
     }
     let mut records = Vec::new();
+    let mut registers = Vec::new();
+    let mut any_register = false;
     let mut missing_nodes = Vec::new();
     for (source, node) in nodes.iter().enumerate() {
         match node.linkage_tokens(project).await {
@@ -140,6 +158,28 @@ pub async fn build(
                     read_records(batch, source as u32, &mut records).map_err(|e| {
                         QueryError::Internal(format!("node {}: linkage tokens: {e}", node.name))
                     })?;
+                }
+                // Its opt-out register: records of people who objected, as
+                // a source of their own (after the nodes').
+                match node.opt_out_register(project).await {
+                    Ok(batches) => {
+                        any_register = true;
+                        let register_source = (nodes.len() + source) as u32;
+                        for batch in &batches {
+                            read_records(batch, register_source, &mut registers).map_err(|e| {
+                                QueryError::Internal(format!(
+                                    "node {}: opt-out register: {e}",
+                                    node.name
+                                ))
+                            })?;
+                        }
+                    }
+                    // A register that cannot be read leaves the lists
+                    // incomplete: never treated as "no objections".
+                    Err(e) => {
+                        tracing::warn!(node = %node.name, %project, error = %e, "opt-out register unavailable");
+                        missing_nodes.push(node.name.clone());
+                    }
                 }
             }
             Err(e) => {
@@ -153,18 +193,131 @@ pub async fn build(
     // an older node without versions still gets its records linked).
     let fingerprint = match versions {
         Some(versions) if missing_nodes.is_empty() => versions,
-        _ => content_fingerprint(nodes, &missing_nodes, &records),
+        _ => content_fingerprint(nodes, &missing_nodes, &records, &registers),
     };
-    if let Some(previous) = previous
+    if let Some(previous) = &previous
         && previous.fingerprint == fingerprint
     {
         tracing::debug!(%project, "linkage tokens unchanged; index kept");
-        return Ok(previous);
+        return Ok(previous.clone());
     }
     tracing::info!(%project, records = records.len(), "linking records across nodes");
-    let linkage = link(&records, &LinkOptions::default(), |step| {
+    let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    let project_name = project.to_string();
+    // Linking is seconds of CPU at 100 000 people and more at millions:
+    // on a blocking thread, so no async worker (and no query) waits on it.
+    let incomplete = !missing_nodes.is_empty();
+    let previous_lists = previous
+        .as_ref()
+        .filter(|p| p.opt_out_version.is_some())
+        .map(|p| (p.withheld.clone(), p.opt_out_version.clone()));
+    let index = tokio::task::spawn_blocking(move || {
+        let registers = any_register.then_some(registers);
+        index_from_records(
+            &project_name,
+            &names,
+            &records,
+            registers,
+            missing_nodes,
+            fingerprint,
+        )
+    })
+    .await
+    .map_err(|e| QueryError::Internal(format!("linking stopped: {e}")))?;
+    let index = if incomplete && any_register_expected(&index, previous_lists.is_some()) {
+        keep_last_complete_lists(index, previous_lists)
+    } else {
+        index
+    };
+    tracing::info!(
+        %project,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "linkage index built"
+    );
+    if index.report.largest_group() > warn_group_size {
+        tracing::warn!(
+            %project,
+            largest_group = index.report.largest_group(),
+            limit = warn_group_size,
+            "the linkage index holds a group of more records than one person usually has: check `carrow link report`"
+        );
+    }
+    Ok(Arc::new(index))
+}
+
+/// Per node its withheld pids, and their version.
+type OptOutLists = (HashMap<String, Vec<Token>>, Option<String>);
+
+/// Whether opt-out lists are in use: some node sent a register now, or
+/// lists were made before.
+fn any_register_expected(index: &LinkageIndex, had_lists: bool) -> bool {
+    index.opt_out_version.is_some() || had_lists
+}
+
+/// With a node's tokens or register missing, the lists cannot be complete:
+/// the last complete ones stand (nodes keep them on disk too), and with
+/// none yet, a version no node holds makes every node refuse research
+/// fragments until the registers can be read. Never "no objections".
+fn keep_last_complete_lists(
+    mut index: LinkageIndex,
+    previous: Option<OptOutLists>,
+) -> LinkageIndex {
+    match previous {
+        Some((withheld, version)) => {
+            index.withheld = withheld;
+            index.opt_out_version = version;
+        }
+        None => {
+            index.withheld = HashMap::new();
+            index.opt_out_version = Some(format!(
+                "incomplete: no opt-out register from {}",
+                index.missing_nodes.join(", ")
+            ));
+        }
+    }
+    index
+}
+
+/// Links `records` (from the nodes named `names`, in source order) and
+/// keeps each pid's person key where it differs from the pid.
+fn index_from_records(
+    project: &str,
+    names: &[String],
+    records: &[LinkRecord],
+    registers: Option<Vec<LinkRecord>>,
+    missing_nodes: Vec<String>,
+    fingerprint: u64,
+) -> LinkageIndex {
+    // Registers' records link with everyone else's; only the nodes'
+    // records get keys in the index.
+    let opt_out_version = registers.as_ref().map(|_| format!("{fingerprint:016x}"));
+    let registers = registers.unwrap_or_default();
+    let all: Vec<LinkRecord> = records.iter().chain(&registers).cloned().collect();
+    let linkage = link(&all, &LinkOptions::default(), |step| {
         tracing::info!(%project, "linkage: {step}");
     });
+    let objected: std::collections::HashSet<Token> =
+        linkage.keys[records.len()..].iter().copied().collect();
+    let mut withheld: HashMap<String, BTreeSet<Token>> = HashMap::new();
+    for (record, key) in records.iter().zip(&linkage.keys) {
+        if objected.contains(key) {
+            withheld
+                .entry(names[record.source as usize].clone())
+                .or_default()
+                .insert(record.pid);
+        }
+    }
+    let withheld: HashMap<String, Vec<Token>> = withheld
+        .into_iter()
+        .map(|(node, pids)| (node, pids.into_iter().collect()))
+        .collect();
+    tracing::info!(
+        %project,
+        register_records = registers.len(),
+        persons_objected = objected.len(),
+        withheld = ?withheld.iter().map(|(n, p)| (n.clone(), p.len())).collect::<BTreeSet<_>>(),
+        "opt-out registers linked"
+    );
     let mut keys = HashMap::new();
     let mut first_pid_at_node: HashMap<(u32, Token), Token> = HashMap::new();
     let mut nodes_with_merged_records = BTreeSet::new();
@@ -176,7 +329,7 @@ pub async fn build(
             .entry((record.source, *key))
             .or_insert(record.pid);
         if *first != record.pid {
-            nodes_with_merged_records.insert(nodes[record.source as usize].name.clone());
+            nodes_with_merged_records.insert(names[record.source as usize].clone());
         }
     }
     tracing::info!(
@@ -189,30 +342,23 @@ pub async fn build(
         largest_group = linkage.report.largest_group(),
         uncertain_pairs = linkage.report.uncertain_pairs,
         nodes_with_merged_records = ?nodes_with_merged_records,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "linkage index built"
+        "records linked"
     );
-    if linkage.report.largest_group() > warn_group_size {
-        tracing::warn!(
-            %project,
-            largest_group = linkage.report.largest_group(),
-            limit = warn_group_size,
-            "the linkage index holds a group of more records than one person usually has: check `carrow link report`"
-        );
-    }
-    let sources = nodes
+    let sources = names
         .iter()
         .enumerate()
-        .map(|(i, n)| (n.name.clone(), i as u32))
+        .map(|(i, n)| (n.clone(), i as u32))
         .collect();
-    Ok(Arc::new(LinkageIndex {
+    LinkageIndex {
         keys,
         sources,
         report: linkage.report,
         missing_nodes,
         nodes_with_merged_records,
+        withheld,
+        opt_out_version,
         fingerprint,
-    }))
+    }
 }
 
 /// A digest of the tokens themselves: the nodes that sent them, and every
@@ -221,12 +367,14 @@ fn content_fingerprint(
     nodes: &[Arc<NodeClient>],
     missing_nodes: &[String],
     records: &[LinkRecord],
+    registers: &[LinkRecord],
 ) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     for node in nodes.iter().filter(|n| !missing_nodes.contains(&n.name)) {
         node.name.hash(&mut hasher);
     }
-    for r in records {
+    for r in records.iter().chain(registers) {
+        r.source.hash(&mut hasher);
         r.pid.hash(&mut hasher);
         r.fields.hash(&mut hasher);
     }
@@ -317,4 +465,34 @@ fn read_records(batch: &RecordBatch, source: u32, out: &mut Vec<LinkRecord>) -> 
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index_missing(node: &str) -> LinkageIndex {
+        index_from_records("demo", &["acute".into()], &[], None, vec![node.into()], 7)
+    }
+
+    #[test]
+    fn a_missing_register_never_means_no_objections() {
+        // No lists before: a version no node holds, so they refuse.
+        let index = keep_last_complete_lists(index_missing("gp"), None);
+        let version = index.opt_out_version().unwrap();
+        assert!(
+            version.starts_with("incomplete") && version.contains("gp"),
+            "{version}"
+        );
+        assert!(index.withheld("acute").is_empty());
+        // Lists before: they stand, with their version.
+        let pid = [3u8; TOKEN_LEN];
+        let previous = (
+            HashMap::from([("acute".to_string(), vec![pid])]),
+            Some("v1".to_string()),
+        );
+        let index = keep_last_complete_lists(index_missing("gp"), Some(previous));
+        assert_eq!(index.opt_out_version(), Some("v1"));
+        assert_eq!(index.withheld("acute"), &[pid]);
+    }
 }

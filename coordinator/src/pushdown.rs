@@ -13,9 +13,8 @@ use datafusion::common::{Column, DFSchema, JoinType, Result};
 use datafusion::datasource::{provider_as_source, source_as_provider};
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, col};
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
-use datafusion::sql::unparser::Unparser;
 
-use crate::remote::{RemoteSource, RemoteTable};
+use crate::remote::{RemoteSource, RemoteTable, within_node_limits};
 
 /// The rule; add it after DataFusion's own optimizer rules.
 #[derive(Debug, Default)]
@@ -116,6 +115,32 @@ pub(crate) fn single_node(plan: &LogicalPlan) -> Option<Vec<Arc<RemoteTable>>> {
             {
                 supported = false
             }
+            // The unparser folds every filter of an outer join's inputs
+            // into its ON clause, which keeps the rows a filter on the
+            // preserved side should drop: such joins run here.
+            LogicalPlan::Join(join) if join.join_type != JoinType::Inner && has_filter_below(p) => {
+                supported = false
+            }
+            // The unparser drops an aggregate's ORDER BY and null
+            // treatment (`string_agg(x, ',' ORDER BY x)`): such
+            // aggregates run here.
+            LogicalPlan::Aggregate(aggregate)
+                if !aggregate.aggr_expr.iter().all(unparses_whole) =>
+            {
+                supported = false
+            }
+            // A constant grouping or sort key would be written as a bare
+            // number, which SQL reads as a column position.
+            LogicalPlan::Aggregate(aggregate) if has_literal_key(&aggregate.group_expr) => {
+                supported = false
+            }
+            LogicalPlan::Sort(sort)
+                if has_literal_key(
+                    &sort.expr.iter().map(|s| s.expr.clone()).collect::<Vec<_>>(),
+                ) =>
+            {
+                supported = false
+            }
             LogicalPlan::Projection(_)
             | LogicalPlan::Filter(_)
             | LogicalPlan::Aggregate(_)
@@ -136,6 +161,49 @@ pub(crate) fn single_node(plan: &LogicalPlan) -> Option<Vec<Arc<RemoteTable>>> {
     })
     .ok()?;
     (supported && nodes.len() == 1).then_some(leaves)
+}
+
+/// Whether a filter (a Filter node or a scan's pushed filter) sits
+/// anywhere under `plan`.
+fn has_filter_below(plan: &LogicalPlan) -> bool {
+    let mut found = false;
+    let _ = plan.apply(|p| {
+        found |= match p {
+            LogicalPlan::Filter(_) => true,
+            LogicalPlan::TableScan(scan) => !scan.filters.is_empty(),
+            _ => false,
+        };
+        Ok(if found {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    });
+    found
+}
+
+/// Whether a grouping or sort key in `keys` is a constant.
+fn has_literal_key(keys: &[Expr]) -> bool {
+    keys.iter()
+        .flat_map(|key| match key {
+            Expr::GroupingSet(set) => set.distinct_expr().into_iter().cloned().collect(),
+            other => vec![other.clone()],
+        })
+        .any(|key| matches!(key.unalias_nested().data, Expr::Literal(..)))
+}
+
+/// Whether the unparser writes aggregate expression `expr` without losing
+/// any of it.
+fn unparses_whole(expr: &Expr) -> bool {
+    let mut whole = true;
+    let _ = expr.apply(|e| {
+        if let Expr::AggregateFunction(f) = e {
+            whole &= (f.params.order_by.is_empty() || f.func.supports_within_group_clause())
+                && f.params.null_treatment.is_none();
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    whole
 }
 
 pub(crate) fn remote_table(scan: &datafusion::logical_expr::TableScan) -> Option<Arc<RemoteTable>> {
@@ -188,7 +256,7 @@ fn push(plan: &LogicalPlan, leaves: &[Arc<RemoteTable>]) -> Option<LogicalPlan> 
         .ok()?
         .build()
         .ok()?;
-    let sql = Unparser::default().plan_to_sql(&wrapped).ok()?.to_string();
+    let sql = within_node_limits(|unparser| unparser.plan_to_sql(&wrapped).map(|s| s.to_string()))?;
     let schema = Arc::new(wrapped.schema().as_arrow().clone());
     let freshness = leaves
         .iter()
@@ -272,5 +340,59 @@ impl OptimizerRule for PushToNode {
             }
             Ok(Transformed::no(node))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::split_aggregate::tests::fragments;
+
+    #[tokio::test]
+    async fn an_aggregate_whose_order_the_unparser_would_drop_runs_here() {
+        let sent = fragments(
+            "SELECT setting, string_agg(setting, ',' ORDER BY age) FROM acute.contacts GROUP BY setting",
+        )
+        .await;
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert!(!sent[0].contains("string_agg"), "{sent:?}");
+        // Without an order the whole aggregate goes to the node.
+        let sent = fragments("SELECT setting, max(age) FROM acute.contacts GROUP BY setting").await;
+        assert!(sent[0].contains("max("), "{sent:?}");
+    }
+
+    #[tokio::test]
+    async fn a_constant_grouping_key_is_not_sent_as_a_column_position() {
+        let sent = fragments(
+            "SELECT date_part('year', DATE '1995-06-03') AS y, count(*) FROM acute.contacts \
+             GROUP BY date_part('year', DATE '1995-06-03')",
+        )
+        .await;
+        assert!(sent.iter().all(|f| !f.contains("GROUP BY")), "{sent:?}");
+    }
+
+    #[tokio::test]
+    async fn an_outer_join_over_filtered_inputs_runs_here_and_an_inner_one_is_pushed() {
+        // Filters on the side an outer join keeps whole.
+        for sql in [
+            "SELECT count(*) FROM acute.contacts a LEFT JOIN acute.contacts b \
+             ON a.age = b.age WHERE a.age < 5",
+            "SELECT count(*) FROM acute.contacts a RIGHT JOIN acute.contacts b \
+             ON a.age = b.age WHERE b.age < 5",
+            "SELECT count(*) FROM (SELECT * FROM acute.contacts WHERE age < 5) a \
+             FULL JOIN acute.contacts b ON a.age = b.age",
+        ] {
+            let sent = fragments(sql).await;
+            assert!(sent.iter().all(|f| !f.contains("JOIN")), "{sql}: {sent:?}");
+        }
+        let sent = fragments(
+            "SELECT count(*) FROM acute.contacts a JOIN acute.contacts b \
+             ON a.age = b.age WHERE a.age < 5",
+        )
+        .await;
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert!(
+            sent[0].contains("JOIN") && sent[0].contains("< 5"),
+            "{sent:?}"
+        );
     }
 }

@@ -13,8 +13,10 @@ use arrow_flight::sql::CommandGetTables;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use async_trait::async_trait;
 use carrow_sql::QueryError;
-use carrow_sql::flight::{LINKAGE_HEADER, PROJECT_HEADER, QUERY_ID_HEADER, RECEIPT_HEADER};
-use datafusion::arrow::array::{BinaryArray, StringArray};
+use carrow_sql::flight::{
+    LINKAGE_HEADER, OPT_OUT_VERSION_HEADER, PROJECT_HEADER, QUERY_ID_HEADER, RECEIPT_HEADER,
+};
+use datafusion::arrow::array::{BinaryArray, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::ipc::convert::try_schema_from_ipc_buffer;
 use datafusion::catalog::Session;
@@ -65,6 +67,9 @@ impl FragmentContext {
 pub struct NodeCoverage {
     /// ok, unreachable, timed out, refused or no such table.
     pub status: String,
+    /// The version of the opt-out list the node answered under.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub opt_out_list: Option<String>,
     /// Rows the node sent for this query. The manifest travels in the
     /// result's schema, before any row, so it is logged, not sent.
     #[serde(skip)]
@@ -229,6 +234,11 @@ impl NodeClient {
         };
         client.set_header(PROJECT_HEADER, context.project.clone());
         client.set_header(QUERY_ID_HEADER, context.query_id.clone());
+        // The node refuses a fragment planned under another withheld list
+        // than it holds: an opted-out person is never released.
+        if let Some(version) = context.linkage.as_ref().and_then(|l| l.opt_out_version()) {
+            client.set_header(OPT_OUT_VERSION_HEADER, version.to_string());
+        }
         // The node's receipt anchors its audit log in the coordinator's.
         client.set_header(RECEIPT_HEADER, "1");
         Ok(client)
@@ -280,6 +290,49 @@ impl NodeClient {
     ) -> Result<Vec<datafusion::arrow::array::RecordBatch>, QueryError> {
         self.linkage_query(project, "SELECT * FROM carrow_linkage_tokens")
             .await
+    }
+
+    /// The node's opt-out register for `project`: the token rows of the
+    /// people it records as opted out (coordinator only).
+    pub async fn opt_out_register(
+        &self,
+        project: &str,
+    ) -> Result<Vec<datafusion::arrow::array::RecordBatch>, QueryError> {
+        self.linkage_query(project, "SELECT * FROM carrow_opt_out_tokens")
+            .await
+    }
+
+    /// Sends the node its list of `project`'s pids to withhold for
+    /// opt-outs recorded elsewhere; returns how many it holds.
+    pub async fn send_withheld(
+        &self,
+        project: &str,
+        version: &str,
+        pids: &[carrow_linkage::Token],
+    ) -> Result<u64, QueryError> {
+        let context = FragmentContext::internal(project, "opt-outs");
+        let mut client = self.connect(&context).await?;
+        let body = serde_json::json!({
+            "project": project,
+            "version": version,
+            "pids": pids.iter().map(hex::encode).collect::<Vec<_>>(),
+        });
+        let doing = "did not take its opt-out list";
+        let results: Vec<_> = client
+            .do_action(arrow_flight::Action {
+                r#type: "carrow.withhold".into(),
+                body: body.to_string().into_bytes().into(),
+            })
+            .await
+            .map_err(|e| remote_error(e, &self.name, doing))?
+            .try_collect()
+            .await
+            .map_err(|e| remote_error(FlightError::Tonic(Box::new(e)), &self.name, doing))?;
+        let answer: serde_json::Value = results
+            .first()
+            .and_then(|r| serde_json::from_slice(&r.body).ok())
+            .unwrap_or_default();
+        Ok(answer["withheld"].as_u64().unwrap_or(0))
     }
 
     /// The version of the node's token table for `project`: it changes
@@ -456,6 +509,11 @@ impl NodeClient {
             .next()
             .and_then(|e| e.ticket)
             .ok_or_else(|| failed("no ticket".into()))?;
+        if let Some(version) = context.linkage.as_ref().and_then(|l| l.opt_out_version()) {
+            context
+                .coverage
+                .update(&self.name, |c| c.opt_out_list = Some(version.to_string()));
+        }
         // The node's receipt (its query id and audit head) comes in an
         // app_metadata-only message after the last batch: taken aside here,
         // as the batch decoder accepts no message without a header.
@@ -492,11 +550,12 @@ impl NodeClient {
         let name = self.name.clone();
         let coverage = context.coverage.clone();
         let linkage = context.linkage.clone();
+        let planned = schema.clone();
         let batches = futures::stream::unfold(
             (decoded, Some(fragment)),
             move |(mut decoded, mut pending)| {
                 let (name, coverage, receipt) = (name.clone(), coverage.clone(), receipt.clone());
-                let linkage = linkage.clone();
+                let (linkage, planned) = (linkage.clone(), planned.clone());
                 async move {
                     let open = pending.as_mut()?;
                     match decoded.next().await {
@@ -506,7 +565,8 @@ impl NodeClient {
                             let batch = match &linkage {
                                 Some(index) => index.map_batch(&name, batch),
                                 None => Ok(batch),
-                            };
+                            }
+                            .and_then(|b| conform(b, &planned, &name));
                             Some((batch, (decoded, pending)))
                         }
                         Some(Err(e)) => {
@@ -535,6 +595,56 @@ impl NodeClient {
         );
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
     }
+}
+
+/// `batch` from `node` in the schema the coordinator planned: the node plans
+/// the same SQL with the same engine, but may settle a type differently
+/// (a literal's width, a function's return type); such columns are cast,
+/// and a column that cannot be is an error naming it, never a mis-typed
+/// batch that fails later without saying where.
+fn conform(batch: RecordBatch, planned: &SchemaRef, node: &str) -> Result<RecordBatch> {
+    if batch.schema().fields() == planned.fields() {
+        return Ok(batch);
+    }
+    if batch.num_columns() != planned.fields().len() {
+        return Err(DataFusionError::Execution(format!(
+            "node {node} returned {} columns where {} were planned",
+            batch.num_columns(),
+            planned.fields().len()
+        )));
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(planned.fields())
+        .map(|(column, field)| {
+            if column.data_type() == field.data_type() {
+                return Ok(column.clone());
+            }
+            tracing::debug!(node, column = %field.name(), from = %column.data_type(),
+                to = %field.data_type(), "casting a node's column to its planned type");
+            // Not the lenient cast: a value that does not fit is an error,
+            // never a silent null.
+            let options = datafusion::arrow::compute::CastOptions {
+                safe: false,
+                ..Default::default()
+            };
+            datafusion::arrow::compute::cast_with_options(column, field.data_type(), &options)
+                .map_err(|_| {
+                    DataFusionError::Execution(format!(
+                        "node {node} returned column {} as {} where {} was planned",
+                        field.name(),
+                        column.data_type(),
+                        field.data_type()
+                    ))
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    RecordBatch::try_new(planned.clone(), columns).map_err(|_| {
+        DataFusionError::Execution(format!(
+            "node {node} returned a batch that does not fit the planned schema (nulls in a non-null column)"
+        ))
+    })
 }
 
 /// `DoGet` of `ticket` with the client's session token and the query's
@@ -661,10 +771,20 @@ fn quote(identifier: &str) -> String {
 }
 
 fn filter_sql(filter: &Expr) -> Option<String> {
-    Unparser::default()
-        .expr_to_sql(filter)
-        .ok()
-        .map(|e| e.to_string())
+    within_node_limits(|unparser| unparser.expr_to_sql(filter).map(|e| e.to_string()))
+}
+
+/// SQL for a node, unparsed as written if that is within the statement
+/// limits a node checks (`carrow_sql::statement::check_limits`), else
+/// without redundant brackets (a chain of 500 `AND`s is bracketed 500
+/// deep as written), else `None`: the work stays at the coordinator.
+pub(crate) fn within_node_limits(
+    unparse: impl Fn(&Unparser) -> datafusion::common::Result<String>,
+) -> Option<String> {
+    [false, true].into_iter().find_map(|pretty| {
+        let sql = unparse(&Unparser::default().with_pretty(pretty)).ok()?;
+        carrow_sql::statement::check_limits(&sql).ok().map(|_| sql)
+    })
 }
 
 #[async_trait]

@@ -50,8 +50,11 @@ pub const REQUESTS_FILE: &str = "requests.sqlite";
 /// The coordinator's state, built at start.
 pub struct CoordinatorState {
     config: CoordinatorConfig,
-    /// Shared by every query: one memory pool, spilling to disk beyond it.
-    runtime: Arc<RuntimeEnv>,
+    /// Turns to run: as many queries at once as their memory pools fit in
+    /// `memory_limit_mb`.
+    turns: Arc<tokio::sync::Semaphore>,
+    /// Each user's turns (`max_queries_per_user`).
+    user_turns: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
     catalog: Arc<MemoryCatalogProvider>,
     nodes: Vec<Arc<NodeClient>>,
     /// Nodes that did not answer the last catalog refresh, with the reason.
@@ -69,8 +72,11 @@ pub struct CoordinatorState {
     /// The coordinator's hash-chained log of every query attempt and decision.
     audit: AuditLog,
     /// Linkage indexes by project, built on first use and kept up to date
-    /// at each catalog refresh.
-    linkage: tokio::sync::Mutex<HashMap<String, Arc<LinkageIndex>>>,
+    /// at each catalog refresh. Held only to read or swap an index: a
+    /// query during a rebuild uses the previous one.
+    linkage: std::sync::RwLock<HashMap<String, Arc<LinkageIndex>>>,
+    /// Held while an index is built, so one build runs at a time.
+    linking: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for CoordinatorState {
@@ -100,10 +106,9 @@ impl CoordinatorState {
                 Duration::from_millis(config.query_timeout_ms),
             )));
         }
-        let runtime = RuntimeEnvBuilder::new()
-            .with_memory_limit(config.memory_limit_mb * 1024 * 1024, 1.0)
-            .build_arc()
-            .map_err(|e| CoordinatorError::Catalog(format!("runtime: {e}")))?;
+        let turns = Arc::new(tokio::sync::Semaphore::new(
+            (config.memory_limit_mb / config.query_memory_mb).max(1),
+        ));
         let rules = config.disclosure.rules()?;
         std::fs::create_dir_all(&config.state_dir).map_err(|e| {
             CoordinatorError::State(format!("cannot create {}: {e}", config.state_dir.display()))
@@ -116,7 +121,8 @@ impl CoordinatorState {
             .map_err(|e| CoordinatorError::State(e.to_string()))?;
         let state = Self {
             config,
-            runtime,
+            turns,
+            user_turns: std::sync::Mutex::new(HashMap::new()),
             catalog: Arc::new(MemoryCatalogProvider::new()),
             nodes,
             unreachable: std::sync::Mutex::new(Vec::new()),
@@ -126,7 +132,8 @@ impl CoordinatorState {
             record_keys: std::sync::Mutex::new(HashMap::new()),
             requests,
             audit,
-            linkage: tokio::sync::Mutex::new(HashMap::new()),
+            linkage: std::sync::RwLock::new(HashMap::new()),
+            linking: tokio::sync::Mutex::new(()),
         };
         state.refresh().await?;
         let default_project = state.config.default_project.clone();
@@ -178,25 +185,51 @@ impl CoordinatorState {
             .map_err(|e| CoordinatorError::Catalog(e.to_string()))?;
         *self.unreachable.lock().unwrap_or_else(|p| p.into_inner()) = unreachable;
         // Rebuild the linkage indexes in use, where a node's tokens changed.
-        let mut indexes = self.linkage.lock().await;
-        let projects: Vec<String> = indexes.keys().cloned().collect();
-        for project in projects {
-            let previous = indexes.get(&project).cloned();
+        let _building = self.linking.lock().await;
+        let in_use: Vec<(String, Arc<LinkageIndex>)> = self
+            .linkage
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(project, index)| (project.clone(), index.clone()))
+            .collect();
+        for (project, previous) in in_use {
             match crate::linkage::build(
                 &self.nodes,
                 &project,
-                previous,
+                Some(previous),
                 self.config.link_group_warning_size,
             )
             .await
             {
                 Ok(index) => {
-                    indexes.insert(project, index);
+                    // Sent at every refresh: a node that restarted or was
+                    // away gets the list in force within one refresh.
+                    self.send_withheld_lists(&project, &index).await;
+                    self.keep_index(&project, index)
                 }
                 Err(e) => tracing::error!(%project, error = %e, "linkage index not rebuilt"),
             }
         }
         Ok(())
+    }
+
+    /// Sends each node its pids of persons with an opt-out recorded at any
+    /// node's register, before queries are planned under the index.
+    async fn send_withheld_lists(&self, project: &str, index: &LinkageIndex) {
+        let Some(version) = index.opt_out_version() else {
+            return;
+        };
+        for node in &self.nodes {
+            let pids = index.withheld(&node.name);
+            match node.send_withheld(project, version, pids).await {
+                Ok(held) => {
+                    tracing::debug!(node = %node.name, %project, %version, held, "opt-out list sent")
+                }
+                Err(e) => tracing::warn!(node = %node.name, %project, error = %e,
+                    "opt-out list not sent: the node refuses this project's fragments until it has it"),
+            }
+        }
     }
 
     /// The linkage index of `project`, built now if it has none yet; `None`
@@ -205,9 +238,13 @@ impl CoordinatorState {
         if !self.config.link_records {
             return None;
         }
-        let mut indexes = self.linkage.lock().await;
-        if let Some(index) = indexes.get(project) {
-            return Some(index.clone());
+        if let Some(index) = self.current_index(project) {
+            return Some(index);
+        }
+        let _building = self.linking.lock().await;
+        // Built by another query while this one waited?
+        if let Some(index) = self.current_index(project) {
+            return Some(index);
         }
         match crate::linkage::build(
             &self.nodes,
@@ -218,7 +255,8 @@ impl CoordinatorState {
         .await
         {
             Ok(index) => {
-                indexes.insert(project.to_string(), index.clone());
+                self.send_withheld_lists(project, &index).await;
+                self.keep_index(project, index.clone());
                 Some(index)
             }
             Err(e) => {
@@ -226,6 +264,16 @@ impl CoordinatorState {
                 None
             }
         }
+    }
+
+    fn current_index(&self, project: &str) -> Option<Arc<LinkageIndex>> {
+        let indexes = self.linkage.read().unwrap_or_else(|p| p.into_inner());
+        indexes.get(project).cloned()
+    }
+
+    fn keep_index(&self, project: &str, index: Arc<LinkageIndex>) {
+        let mut indexes = self.linkage.write().unwrap_or_else(|p| p.into_inner());
+        indexes.insert(project.to_string(), index);
     }
 
     /// The record keys of `project` (cell key method).
@@ -271,7 +319,8 @@ impl CoordinatorState {
     }
 
     fn record(&self, body: serde_json::Value) -> Option<String> {
-        match self.audit.append(body) {
+        // An fsync: off the async workers.
+        match carrow_sql::blocking::off_worker(|| self.audit.append(body)) {
             Ok(head) => Some(head),
             Err(e) => {
                 tracing::error!(error = %e, "cannot append to the coordinator audit log");
@@ -307,6 +356,54 @@ impl CoordinatorBackend {
         Self { state }
     }
 
+    /// A query's own runtime: a memory pool of `query_memory_mb`, spilling
+    /// to disk beyond it, so a heavy query spills or fails alone.
+    fn query_runtime(&self) -> Result<Arc<RuntimeEnv>, QueryError> {
+        RuntimeEnvBuilder::new()
+            .with_memory_limit(self.state.config.query_memory_mb * 1024 * 1024, 1.0)
+            .build_arc()
+            .map_err(|e| QueryError::Internal(format!("query runtime: {e}")))
+    }
+
+    /// Waits for a turn to run: the user's own (`max_queries_per_user`)
+    /// and the coordinator's (memory for one more query), each for at most
+    /// the query time limit.
+    async fn wait_turn(&self, user: &str) -> Result<Turn, QueryError> {
+        let config = &self.state.config;
+        let mine = self
+            .state
+            .user_turns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(user.to_string())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(config.max_queries_per_user)))
+            .clone();
+        let patience = std::time::Duration::from_secs(config.query_time_limit_secs);
+        let busy = |what: String| QueryError::ResourceExhausted(what);
+        let user_turn = tokio::time::timeout(patience, mine.acquire_owned())
+            .await
+            .map_err(|_| {
+                busy(format!(
+                    "{user} already runs {} queries, the most one user may, and none finished within {} s",
+                    config.max_queries_per_user, config.query_time_limit_secs
+                ))
+            })?
+            .map_err(|e| QueryError::Internal(e.to_string()))?;
+        let turn = tokio::time::timeout(patience, self.state.turns.clone().acquire_owned())
+            .await
+            .map_err(|_| {
+                busy(format!(
+                    "the coordinator runs as many queries as its memory allows and none finished within {} s",
+                    config.query_time_limit_secs
+                ))
+            })?
+            .map_err(|e| QueryError::Internal(e.to_string()))?;
+        Ok(Turn {
+            _user: user_turn,
+            _coordinator: turn,
+        })
+    }
+
     /// A query session: the node catalog with the session's `last_query`
     /// view, the coordinator's optimizer rules and disclosure control's
     /// physical operator.
@@ -324,13 +421,16 @@ impl CoordinatorBackend {
             .with_default_catalog_and_schema(CATALOG, "public")
             .with_information_schema(false)
             .with_extension(Arc::new(context));
-        let state = SessionStateBuilder::new()
+        let state = carrow_sql::cooperative::session_defaults(SessionStateBuilder::new())
             .with_config(config)
-            .with_runtime_env(self.state.runtime.clone())
-            .with_default_features()
+            .with_runtime_env(self.query_runtime()?)
             .with_query_planner(Arc::new(CoordinatorPlanner))
             .build();
         let session = SessionContext::new_with_state(state);
+        // Common subexpressions become `__common_expr_n` columns whose
+        // aggregates the unparser then names differently from the plan that
+        // reads them, so a pushed fragment could not be planned at its node.
+        session.remove_optimizer_rule("common_sub_expression_eliminate");
         session.add_optimizer_rule(Arc::new(SplitAggregatePerNode));
         session.add_optimizer_rule(Arc::new(PushToNode::new(merged_nodes)));
         let view = LastQuery::new(last_report, COVERAGE_KEY, DISCLOSURE_KEY)?;
@@ -450,6 +550,9 @@ pub mod rules {
     pub const APPROVED_REQUESTS: &str = "approved requests only";
     /// Each role does only its own work.
     pub const ROLES: &str = "roles";
+    /// Users work in their own projects; an exempt project only for users
+    /// named to it.
+    pub const PROJECTS: &str = "projects of the user";
 }
 
 /// What governance lets one statement do.
@@ -494,12 +597,19 @@ impl CoordinatorBackend {
                     caller.user
                 ),
             )),
-            Role::Planner => Ok(Permit {
-                project: default_project(),
-                control: Some(self.state.rules),
-                request: None,
-                run: None,
-            }),
+            Role::Planner => {
+                let project = default_project();
+                self.state
+                    .config
+                    .may_use(&caller.user, &project)
+                    .map_err(|reason| QueryError::refused(rules::PROJECTS, reason))?;
+                Ok(Permit {
+                    project,
+                    control: Some(self.state.rules),
+                    request: None,
+                    run: None,
+                })
+            }
             Role::Researcher => {
                 let store = &self.state.requests;
                 let (request, run) = if meta.preparing {
@@ -568,9 +678,34 @@ impl Backend for CoordinatorBackend {
             .role
             .parse()
             .map_err(|e: GovernanceError| QueryError::Internal(e.to_string()))?;
-        let permit = self
-            .permit(caller, role, meta, sql, &query_id)
-            .map_err(|e| self.refuse(caller, &query_id, meta.project.as_deref(), sql, e))?;
+        // The request store is SQLite: off the async workers.
+        let permit =
+            carrow_sql::blocking::off_worker(|| self.permit(caller, role, meta, sql, &query_id))
+                .map_err(|e| self.refuse(caller, &query_id, meta.project.as_deref(), sql, e))?;
+        let runs = !sql.trim().is_empty() && !meta.setting;
+        let turn = if runs {
+            Some(
+                self.wait_turn(&caller.user)
+                    .await
+                    .map_err(|e| self.refuse(caller, &query_id, meta.project.as_deref(), sql, e))?,
+            )
+        } else {
+            None
+        };
+        if runs {
+            // Recorded before it runs: a process that stops mid-query
+            // leaves a record without an outcome, which `audit verify` names.
+            self.state.record(json!({
+                "kind": "query",
+                "phase": carrow_governance::audit::PHASE_STARTED,
+                "query_id": query_id,
+                "user": caller.user,
+                "role": caller.role,
+                "project": permit.project,
+                "request": permit.request,
+                "sql": sql,
+            }));
+        }
         let allow_partial = meta
             .settings
             .get(ALLOW_PARTIAL)
@@ -592,6 +727,7 @@ impl Backend for CoordinatorBackend {
             .control
             .map(|_| self.state.record_keys(&permit.project));
         Ok(Arc::new(CoordinatorScope {
+            _turn: turn,
             state: self.state.clone(),
             session: self.session(context, &meta.last_report)?,
             keys,
@@ -610,6 +746,13 @@ impl Backend for CoordinatorBackend {
 
     fn server_name(&self) -> String {
         "carrow coordinator".to_string()
+    }
+
+    fn limits(&self) -> carrow_sql::flight::Limits {
+        carrow_sql::flight::Limits {
+            time: std::time::Duration::from_secs(self.state.config.query_time_limit_secs),
+            held_bytes: self.state.config.held_result_mb * 1024 * 1024,
+        }
     }
 
     fn settings(&self) -> &'static [&'static str] {
@@ -676,7 +819,11 @@ impl Backend for CoordinatorBackend {
                         )));
                     }
                 }
-                json!(request)
+                let mut shown = json!(request);
+                // The project's standing under the national data opt-out.
+                shown["opt_out_exemption"] =
+                    json!(self.state.config.opt_out_exemption(&request.project));
+                shown
             }
             "carrow.request.decide" => {
                 if role != Role::Governance {
@@ -700,8 +847,16 @@ impl Backend for CoordinatorBackend {
     }
 }
 
+/// A query's turn to run, given back when its scope ends.
+struct Turn {
+    _user: tokio::sync::OwnedSemaphorePermit,
+    _coordinator: tokio::sync::OwnedSemaphorePermit,
+}
+
 struct CoordinatorScope {
     state: Arc<CoordinatorState>,
+    /// Held while the statement runs (data statements only).
+    _turn: Option<Turn>,
     session: SessionContext,
     allow_partial: bool,
     query_id: String,
@@ -752,7 +907,9 @@ impl QueryScope for CoordinatorScope {
 
     fn finish(&self, sql: &str, outcome: Result<Released, &QueryError>) -> Option<String> {
         if let Some(run) = self.run
-            && let Err(e) = self.state.requests.finish_run(run, outcome.is_ok())
+            && let Err(e) = carrow_sql::blocking::off_worker(|| {
+                self.state.requests.finish_run(run, outcome.is_ok())
+            })
         {
             tracing::error!(run, error = %e, "cannot record the end of a research run");
         }
@@ -776,6 +933,7 @@ impl QueryScope for CoordinatorScope {
         };
         self.state.record(json!({
             "kind": "query",
+            "phase": carrow_governance::audit::PHASE_FINISHED,
             "query_id": self.query_id,
             "user": self.caller.user,
             "role": self.caller.role,
@@ -789,6 +947,7 @@ impl QueryScope for CoordinatorScope {
             "nodes": self.coverage.nodes(),
             "fragments": self.coverage.fragments(),
             "disclosure": self.sink.get(),
+            "opt_out_exemption": self.state.config.opt_out_exemption(&self.project),
             "small_population": self.sink.get().is_some_and(|r| r.small_cells + r.cells_below_threshold > 0),
         }))
     }

@@ -311,7 +311,7 @@ fn partial_then_final(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -367,7 +367,7 @@ mod tests {
     }
 
     /// The SQL each node would receive for `sql`, sorted.
-    async fn fragments(sql: &str) -> Vec<String> {
+    pub(crate) async fn fragments(sql: &str) -> Vec<String> {
         let ctx = session().await;
         let plan = ctx.state().create_logical_plan(sql).await.unwrap();
         let plan = ctx.state().optimize(&plan).unwrap();

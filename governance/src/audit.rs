@@ -26,6 +26,9 @@ pub struct ChainReport {
     pub records: u64,
     /// Hash of the last record (`GENESIS` when empty).
     pub head: String,
+    /// Query ids recorded as started with no outcome after: the process
+    /// stopped (was killed, crashed) while running them.
+    pub unfinished: Vec<String>,
 }
 
 struct Tail {
@@ -71,8 +74,16 @@ impl AuditLog {
             ChainReport {
                 records: 0,
                 head: GENESIS.into(),
+                unfinished: vec![],
             }
         };
+        if !report.unfinished.is_empty() {
+            tracing::warn!(
+                path = %path.display(),
+                statements = ?report.unfinished,
+                "the audit log holds statements started with no outcome: the process stopped while running them"
+            );
+        }
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -135,6 +146,7 @@ pub fn verify_file(path: &Path) -> Result<ChainReport, GovernanceError> {
     })?;
     let mut prev = GENESIS.to_string();
     let mut records = 0u64;
+    let mut started: Vec<String> = Vec::new();
     for (index, line) in BufReader::new(file).lines().enumerate() {
         let line = line.map_err(|source| GovernanceError::AuditIo {
             path: path.to_path_buf(),
@@ -184,14 +196,27 @@ pub fn verify_file(path: &Path) -> Result<ChainReport, GovernanceError> {
                 "its contents do not match its hash: the record was edited".into(),
             ));
         }
+        if let Some(query) = body["query_id"].as_str() {
+            match body["phase"].as_str() {
+                Some(PHASE_STARTED) => started.push(query.to_string()),
+                Some(PHASE_FINISHED) => started.retain(|q| q != query),
+                _ => {}
+            }
+        }
         prev = hash;
         records += 1;
     }
     Ok(ChainReport {
         records,
         head: prev,
+        unfinished: started,
     })
 }
+
+/// The `phase` of a record written before a statement runs.
+pub const PHASE_STARTED: &str = "started";
+/// The `phase` of the record of a statement's outcome.
+pub const PHASE_FINISHED: &str = "finished";
 
 #[cfg(test)]
 mod tests {
@@ -223,7 +248,8 @@ mod tests {
             verify_file(&path).unwrap(),
             ChainReport {
                 records: 5,
-                head: head.clone()
+                head: head.clone(),
+                unfinished: vec![],
             }
         );
         let log = AuditLog::open(&path).unwrap();

@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod canonical;
 pub mod disclosure;
+pub mod purpose;
 pub mod reconcile;
 pub mod requests;
 pub mod roles;

@@ -70,12 +70,13 @@ pub fn reconcile(
     }
     let queries: HashMap<String, Entry> = read_entries(coordinator)?
         .into_iter()
-        .filter(|e| e.body["kind"] == "query")
+        .filter(|e| e.body["kind"] == "query" && e.body["phase"] != crate::audit::PHASE_STARTED)
         .filter_map(|e| Some((e.body["query_id"].as_str()?.to_string(), e)))
         .collect();
     for (node, path) in nodes {
         let served: HashMap<String, Entry> = read_entries(path)?
             .into_iter()
+            .filter(|e| e.body["phase"] != crate::audit::PHASE_STARTED)
             .filter_map(|e| Some((e.body["query_id"].as_str()?.to_string(), e)))
             .collect();
         let mut claimed: HashSet<String> = HashSet::new();

@@ -41,6 +41,11 @@ pub struct NodeConfig {
     /// `nhs_number` header) whose records are never released.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub opt_out_list: Option<PathBuf>,
+    /// Projects' purposes, by project: those exempt from the national data
+    /// opt-out and those for direct care. A project not listed is research
+    /// and planning: every objection applies.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub purposes: BTreeMap<String, ProjectPurpose>,
     /// Local raw tables, by name; published tables read from these.
     #[serde(default)]
     pub sources: BTreeMap<String, SourceConfig>,
@@ -52,6 +57,21 @@ pub struct NodeConfig {
     /// coordinator asks for the table's version at every catalog refresh.
     #[serde(default = "default_token_table_max_age_secs")]
     pub token_table_max_age_secs: u64,
+    /// Memory one query may use for joins, sorts and aggregates, in MiB;
+    /// beyond it the query spills to disk or fails (never the node).
+    #[serde(default = "default_query_memory_mb")]
+    pub query_memory_mb: usize,
+    /// Seconds one query may run; beyond it the query is stopped.
+    #[serde(default = "default_query_time_limit_secs")]
+    pub query_time_limit_secs: u64,
+}
+
+fn default_query_memory_mb() -> usize {
+    1_024
+}
+
+fn default_query_time_limit_secs() -> u64 {
+    300
 }
 
 fn default_token_table_max_age_secs() -> u64 {
@@ -173,9 +193,14 @@ pub struct TableConfig {
     pub identifiers: IdentifierColumnsConfig,
     /// Published columns in the common model.
     pub columns: Vec<ColumnConfig>,
-    /// Consent rule: rows whose `column` holds one of `values` are removed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub opt_out: Option<OptOutRule>,
+    /// Consent rules: rows whose `column` holds one of `values` are
+    /// removed (one rule, or a list of rules of different kinds).
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "one_or_many"
+    )]
+    pub opt_out: Vec<OptOutRule>,
     /// How fresh the data is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub freshness: Option<Freshness>,
@@ -269,9 +294,11 @@ pub struct ColumnConfig {
     pub data_type: Option<ColumnType>,
 }
 
-/// Types a published column may be cast to.
+/// Types a published column may be cast to, written in the configuration
+/// as `string`, `int32`, `int64`, `float64`, `boolean`, `date`,
+/// `timestamp` or `decimal(precision, scale)` (money: `decimal(15, 2)`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(try_from = "String", into = "String")]
 pub enum ColumnType {
     String,
     Int32,
@@ -280,21 +307,88 @@ pub enum ColumnType {
     Boolean,
     Date,
     Timestamp,
+    /// Exact decimal: `precision` digits (1 to 38), `scale` after the point.
+    Decimal {
+        precision: u8,
+        scale: i8,
+    },
 }
 
 impl ColumnType {
     /// The SQL type name this cast uses.
-    pub fn sql_name(self) -> &'static str {
+    pub fn sql_name(self) -> String {
         match self {
-            ColumnType::String => "VARCHAR",
-            ColumnType::Int32 => "INT",
-            ColumnType::Int64 => "BIGINT",
-            ColumnType::Float64 => "DOUBLE",
-            ColumnType::Boolean => "BOOLEAN",
-            ColumnType::Date => "DATE",
-            ColumnType::Timestamp => "TIMESTAMP",
+            ColumnType::String => "VARCHAR".into(),
+            ColumnType::Int32 => "INT".into(),
+            ColumnType::Int64 => "BIGINT".into(),
+            ColumnType::Float64 => "DOUBLE".into(),
+            ColumnType::Boolean => "BOOLEAN".into(),
+            ColumnType::Date => "DATE".into(),
+            ColumnType::Timestamp => "TIMESTAMP".into(),
+            ColumnType::Decimal { precision, scale } => format!("DECIMAL({precision}, {scale})"),
         }
     }
+}
+
+impl std::fmt::Display for ColumnType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ColumnType::String => f.write_str("string"),
+            ColumnType::Int32 => f.write_str("int32"),
+            ColumnType::Int64 => f.write_str("int64"),
+            ColumnType::Float64 => f.write_str("float64"),
+            ColumnType::Boolean => f.write_str("boolean"),
+            ColumnType::Date => f.write_str("date"),
+            ColumnType::Timestamp => f.write_str("timestamp"),
+            ColumnType::Decimal { precision, scale } => write!(f, "decimal({precision}, {scale})"),
+        }
+    }
+}
+
+impl From<ColumnType> for String {
+    fn from(t: ColumnType) -> String {
+        t.to_string()
+    }
+}
+
+impl TryFrom<String> for ColumnType {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let name = text.trim().to_ascii_lowercase();
+        Ok(match name.as_str() {
+            "string" => ColumnType::String,
+            "int32" => ColumnType::Int32,
+            "int64" => ColumnType::Int64,
+            "float64" => ColumnType::Float64,
+            "boolean" => ColumnType::Boolean,
+            "date" => ColumnType::Date,
+            "timestamp" => ColumnType::Timestamp,
+            _ => {
+                return parse_decimal(&name).ok_or_else(|| {
+                    format!(
+                        "unknown column type {text:?}: use string, int32, int64, float64, boolean, \
+                     date, timestamp or decimal(precision, scale) with precision 1 to 38 \
+                     and scale 0 to precision"
+                    )
+                });
+            }
+        })
+    }
+}
+
+/// `decimal(p, s)` with 1 <= p <= 38 and 0 <= s <= p.
+fn parse_decimal(name: &str) -> Option<ColumnType> {
+    let inner = name
+        .strip_prefix("decimal")?
+        .trim()
+        .strip_prefix('(')?
+        .strip_suffix(')')?;
+    let (precision, scale) = inner.split_once(',')?;
+    let precision: u8 = precision.trim().parse().ok()?;
+    let scale: i8 = scale.trim().parse().ok()?;
+    let valid = (1..=38).contains(&precision) && scale >= 0 && scale as u8 <= precision;
+    valid.then_some(ColumnType::Decimal { precision, scale })
 }
 
 /// Rows whose `column` holds any of `values` are removed at the scan.
@@ -303,7 +397,44 @@ impl ColumnType {
 pub struct OptOutRule {
     pub column: String,
     pub values: Vec<String>,
+    /// Which objection the rule records (default: the national data opt-out).
+    #[serde(default, skip_serializing_if = "OptOutKind::is_national")]
+    pub kind: OptOutKind,
 }
+
+/// One opt-out rule or a list of them.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<OptOutRule>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(OptOutRule),
+        Many(Vec<OptOutRule>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(rule) => vec![rule],
+        OneOrMany::Many(rules) => rules,
+    })
+}
+
+/// The kinds of objection a node may hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptOutKind {
+    /// The national data opt-out: no confidential data for research or
+    /// planning, at any organisation (propagated through the coordinator).
+    #[default]
+    National,
+    /// A type 1 opt-out: the GP record leaves the practice for direct care only.
+    Type1,
+}
+
+impl OptOutKind {
+    fn is_national(&self) -> bool {
+        *self == OptOutKind::National
+    }
+}
+
+pub use carrow_governance::purpose::ProjectPurpose;
 
 /// How a table's freshness is measured: the newest value of a date column,
 /// the source file's modification time, or a configured date. Exactly one.
@@ -342,6 +473,18 @@ impl NodeConfig {
                 format!("{:?} must match [a-z_][a-z0-9_]*", self.name),
             );
         }
+        if self.query_memory_mb < 16 {
+            bad(
+                "query_memory_mb".into(),
+                format!("{} is too small; give at least 16", self.query_memory_mb),
+            );
+        }
+        if self.query_time_limit_secs == 0 {
+            bad(
+                "query_time_limit_secs".into(),
+                "must be greater than 0".into(),
+            );
+        }
         if self.listen.parse::<SocketAddr>().is_err() {
             bad(
                 "listen".into(),
@@ -362,6 +505,24 @@ impl NodeConfig {
                 bad(
                     format!("projects[{i}]"),
                     format!("{p:?} must match [a-z_][a-z0-9_]*"),
+                );
+            }
+        }
+        for (project, purpose) in &self.purposes {
+            if !self.projects.contains(project) {
+                bad(
+                    format!("purposes.{project}"),
+                    format!("{project:?} is not one of projects {:?}", self.projects),
+                );
+            }
+            if purpose
+                .opt_out_exempt
+                .as_deref()
+                .is_some_and(|b| b.trim().is_empty())
+            {
+                bad(
+                    format!("purposes.{project}.opt_out_exempt"),
+                    "name the basis of the exemption".into(),
                 );
             }
         }
@@ -545,13 +706,13 @@ impl TableConfig {
                 ));
             }
         }
-        if let Some(rule) = &self.opt_out
-            && rule.values.is_empty()
-        {
-            out.push((
-                ".opt_out.values".into(),
-                "list the values that mean the person opted out".into(),
-            ));
+        for (i, rule) in self.opt_out.iter().enumerate() {
+            if rule.values.is_empty() {
+                out.push((
+                    format!(".opt_out[{i}].values"),
+                    "list the values that mean the person opted out".into(),
+                ));
+            }
         }
         if let Some(f) = &self.freshness {
             let set = usize::from(f.column.is_some())
@@ -573,6 +734,13 @@ impl TableConfig {
             }
         }
         out
+    }
+}
+
+impl NodeConfig {
+    /// The purpose of `project` (research and planning when not declared).
+    pub fn purpose(&self, project: &str) -> ProjectPurpose {
+        self.purposes.get(project).cloned().unwrap_or_default()
     }
 }
 
@@ -604,6 +772,93 @@ identifiers = { nhs_number = "NHS_NO", family_name = "SURNAME" }
 columns = [{ name = "sex", from = "GENDER", type = "string" }]
 freshness = { as_of = "2026-10-31" }
 "#;
+
+    #[test]
+    fn column_types_parse_with_decimals_and_name_the_bad_one() {
+        let parse = |t: &str| ColumnType::try_from(t.to_string());
+        assert_eq!(parse("int64"), Ok(ColumnType::Int64));
+        assert_eq!(
+            parse("decimal(15, 2)"),
+            Ok(ColumnType::Decimal {
+                precision: 15,
+                scale: 2
+            })
+        );
+        assert_eq!(
+            parse("DECIMAL(38,0)"),
+            Ok(ColumnType::Decimal {
+                precision: 38,
+                scale: 0
+            })
+        );
+        for bad in [
+            "decimal",
+            "decimal(39, 2)",
+            "decimal(5, 6)",
+            "decimal(0,0)",
+            "money",
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(
+                e.contains(&format!("{bad:?}")) && e.contains("decimal(precision, scale)"),
+                "{e}"
+            );
+        }
+        // Round trip through the configuration's text.
+        let t = ColumnType::Decimal {
+            precision: 12,
+            scale: 2,
+        };
+        assert_eq!(parse(&String::from(t)), Ok(t));
+        let cfg: ColumnConfig =
+            toml::from_str("name = \"price\"\ntype = \"decimal(12, 2)\"").unwrap();
+        assert_eq!(cfg.data_type, Some(t));
+    }
+
+    #[test]
+    fn opt_out_rules_come_one_or_many_with_their_kind() {
+        #[derive(Deserialize)]
+        struct Rules {
+            #[serde(deserialize_with = "one_or_many")]
+            opt_out: Vec<OptOutRule>,
+        }
+        let one: Rules =
+            toml::from_str("opt_out = { column = \"ndo\", values = [\"Y\"] }").unwrap();
+        assert_eq!(one.opt_out.len(), 1);
+        assert_eq!(one.opt_out[0].kind, OptOutKind::National);
+        let many: Rules = toml::from_str(
+            "[[opt_out]]\ncolumn = \"ndo\"\nvalues = [\"Y\"]\n\
+             [[opt_out]]\ncolumn = \"t1\"\nvalues = [\"dissent\"]\nkind = \"type1\"",
+        )
+        .unwrap();
+        assert_eq!(many.opt_out[1].kind, OptOutKind::Type1);
+        let err =
+            toml::from_str::<Rules>("opt_out = { column = \"c\", values = [], kind = \"x\" }")
+                .err()
+                .unwrap();
+        assert!(!err.to_string().is_empty());
+    }
+
+    #[test]
+    fn a_purpose_names_a_served_project_and_its_basis() {
+        let mut cfg: NodeConfig = toml::from_str(EXAMPLE).unwrap();
+        cfg.purposes.insert(
+            "elsewhere".into(),
+            ProjectPurpose {
+                opt_out_exempt: Some(" ".into()),
+                direct_care: false,
+            },
+        );
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("purposes.elsewhere: \"elsewhere\" is not one of projects"),
+            "{err}"
+        );
+        assert!(
+            err.contains("purposes.elsewhere.opt_out_exempt: name the basis"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn example_parses_and_validates() {

@@ -17,6 +17,7 @@ pub mod publish;
 pub mod service;
 pub mod sources;
 pub mod tokens;
+pub mod withheld;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,6 +36,8 @@ pub enum NodeError {
     Audit(#[from] carrow_governance::GovernanceError),
     #[error("opt-out list: {0}")]
     OptOutList(String),
+    #[error("withheld list: {0}")]
+    Withheld(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,

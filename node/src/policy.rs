@@ -157,6 +157,12 @@ impl Names {
         {
             return QueryError::DataFusion(err);
         }
+        // A limit is the caller's to know (and retry smaller), by its code.
+        if matches!(root, DataFusionError::ResourcesExhausted(_)) {
+            return QueryError::ResourceExhausted(format!(
+                "the query needs more memory than its limit at node {node} (query_memory_mb)"
+            ));
+        }
         // Execution errors can quote data values: say what kind of failure it
         // was, never its message.
         QueryError::Internal(format!(

@@ -24,8 +24,12 @@ use datafusion::prelude::{DataFrame, SessionContext};
 use carrow_linkage::IdentifierKind;
 use datafusion::functions::string::expr_fn::concat_ws;
 
-use crate::config::{ColumnConfig, IdentifierColumnsConfig, LocalColumns, PID_COLUMN, TableConfig};
+use crate::config::{
+    ColumnConfig, IdentifierColumnsConfig, LocalColumns, OptOutKind, PID_COLUMN, ProjectPurpose,
+    TableConfig,
+};
 use crate::pid::PID_ARGS;
+use crate::withheld::{Withheld, WithheldFunction};
 
 /// A published table for one project: its plan beneath the boundary.
 #[derive(Debug)]
@@ -38,6 +42,12 @@ pub struct PublishedTable {
     /// (named by kind), opt-outs removed. Only the linkage token table
     /// reads it; it never crosses the boundary.
     pub identities: Option<LogicalPlan>,
+    /// For a personal table holding national data opt-outs: the same
+    /// columns for the opted-out rows (the coordinator's linkage stage
+    /// alone reads them).
+    pub register: Option<LogicalPlan>,
+    /// The project's pids withheld for objections recorded elsewhere.
+    pub withheld: Option<Arc<Withheld>>,
 }
 
 /// The identifier columns of an identities plan, after `pid`, in order
@@ -48,6 +58,55 @@ pub const IDENTITY_KINDS: [IdentifierKind; IdentifierKind::ALL.len()] = Identifi
 pub struct BoundaryFunctions {
     pub pid: Arc<datafusion::logical_expr::ScalarUDF>,
     pub opted_out: Option<Arc<datafusion::logical_expr::ScalarUDF>>,
+    /// What the project is for: which objections apply to it.
+    pub purpose: ProjectPurpose,
+    /// The project's list of pids withheld for objections recorded
+    /// elsewhere (none when the project is exempt).
+    pub withheld: Option<Arc<Withheld>>,
+}
+
+/// Whether a row carries an objection of `kind`: a table rule of that kind,
+/// or (national) the node's NHS-number list. `None` when nothing records one.
+fn objection(table: &TableConfig, functions: &BoundaryFunctions, kind: OptOutKind) -> Option<Expr> {
+    let mut found: Vec<Expr> = table
+        .opt_out
+        .iter()
+        .filter(|rule| rule.kind == kind)
+        .map(|rule| {
+            let values: Vec<Expr> = rule.values.iter().map(|v| lit(v.as_str())).collect();
+            let column = as_text(&rule.column);
+            // A missing value is no objection (and never a null filter result).
+            column
+                .clone()
+                .is_not_null()
+                .and(column.in_list(values, false))
+        })
+        .collect();
+    if kind == OptOutKind::National
+        && let (Some(_), Some(opted_out)) = (
+            table.identifiers.get(IdentifierKind::NhsNumber),
+            &functions.opted_out,
+        )
+    {
+        let nhs = identifier_text(&table.identifiers, IdentifierKind::NhsNumber);
+        found.push(opted_out.call(vec![nhs]));
+    }
+    found.into_iter().reduce(Expr::or)
+}
+
+/// `pid` and the identifiers as text, named by kind: what token tables read.
+fn identities_of(
+    df: DataFrame,
+    table: &TableConfig,
+    functions: &BoundaryFunctions,
+) -> Result<LogicalPlan> {
+    let mut columns = vec![pid_expr(&table.identifiers, functions)];
+    columns.extend(
+        IDENTITY_KINDS
+            .iter()
+            .map(|kind| identifier_text(&table.identifiers, *kind).alias(kind.name())),
+    );
+    Ok(df.select(columns)?.into_unoptimized_plan())
 }
 
 fn local(name: &str) -> Expr {
@@ -111,6 +170,7 @@ fn sql_type(t: crate::config::ColumnType) -> DataType {
         Boolean => DataType::Boolean,
         Date => DataType::Date32,
         Timestamp => DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Microsecond, None),
+        Decimal { precision, scale } => DataType::Decimal128(precision, scale),
     }
 }
 
@@ -122,27 +182,30 @@ impl PublishedTable {
         functions: &BoundaryFunctions,
     ) -> Result<Self> {
         let mut df = local_rows(sources, table).await?;
+        let national = objection(table, functions, OptOutKind::National);
+        // The register: identities of the people this table records as
+        // opted out, for the coordinator to find them at other nodes.
+        let register = match (&national, table.personal) {
+            (Some(objected), true) => Some(identities_of(
+                df.clone().filter(objected.clone())?,
+                table,
+                functions,
+            )?),
+            _ => None,
+        };
         // Opt-outs first, so nothing above the boundary ever sees those rows.
-        if let Some(rule) = &table.opt_out {
-            let values: Vec<Expr> = rule.values.iter().map(|v| lit(v.as_str())).collect();
-            let column = as_text(&rule.column);
-            df = df.filter(column.clone().is_null().or(column.in_list(values, true)))?;
+        if let Some(objected) = national
+            && functions.purpose.opt_out_exempt.is_none()
+        {
+            df = df.filter(datafusion::logical_expr::not(objected))?;
         }
-        if let (Some(_), Some(opted_out)) = (
-            table.identifiers.get(IdentifierKind::NhsNumber),
-            &functions.opted_out,
-        ) {
-            let nhs = identifier_text(&table.identifiers, IdentifierKind::NhsNumber);
-            df = df.filter(datafusion::logical_expr::not(opted_out.call(vec![nhs])))?;
+        if let Some(objected) = objection(table, functions, OptOutKind::Type1)
+            && !functions.purpose.direct_care
+        {
+            df = df.filter(datafusion::logical_expr::not(objected))?;
         }
         let identities = if table.personal {
-            let mut columns = vec![pid_expr(&table.identifiers, functions)];
-            columns.extend(
-                IDENTITY_KINDS
-                    .iter()
-                    .map(|kind| identifier_text(&table.identifiers, *kind).alias(kind.name())),
-            );
-            Some(df.clone().select(columns)?.into_unoptimized_plan())
+            Some(identities_of(df.clone(), table, functions)?)
         } else {
             None
         };
@@ -161,15 +224,31 @@ impl PublishedTable {
             plan: df.into_unoptimized_plan(),
             schema,
             identities,
+            register,
+            withheld: table.personal.then(|| functions.withheld.clone()).flatten(),
         })
     }
 }
 
-/// The columns one query read from each published table.
+/// The columns one query read from each published table, and how many
+/// records it withheld for objections recorded elsewhere.
 #[derive(Debug, Default)]
-pub struct AccessRecorder(Mutex<HashMap<String, Vec<String>>>);
+pub struct AccessRecorder(
+    Mutex<HashMap<String, Vec<String>>>,
+    std::sync::atomic::AtomicU64,
+);
 
 impl AccessRecorder {
+    /// Notes `n` more records withheld for opt-outs.
+    pub fn count_withheld(&self, n: u64) {
+        self.1.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Records withheld for opt-outs so far.
+    pub fn withheld(&self) -> u64 {
+        self.1.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Notes that a query read `columns` of `table`.
     pub fn record(&self, table: &str, columns: Vec<String>) {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -237,6 +316,14 @@ impl TableProvider for BoundaryTable {
         // The query's filters go above the opt-out filter, beneath the
         // projection; the optimizer pushes them on into the source.
         let mut builder = LogicalPlanBuilder::from(self.published.plan.clone());
+        // Records of persons who objected at another organisation, counted
+        // for this query's audit record.
+        if let Some(withheld) = &self.published.withheld {
+            let function = WithheldFunction::udf(withheld.clone(), self.recorder.clone());
+            builder = builder.filter(datafusion::logical_expr::not(
+                function.call(vec![col(Column::new_unqualified(PID_COLUMN))]),
+            ))?;
+        }
         let filters: Vec<Expr> = filters.iter().cloned().map(unnormalize_col).collect();
         if let Some(predicate) = conjunction(filters) {
             builder = builder.filter(predicate)?;

@@ -24,6 +24,7 @@ use crate::policy::{self, Names};
 use crate::publish::{AccessRecorder, BoundaryFunctions, BoundaryTable, PublishedTable};
 use crate::sources;
 use crate::tokens;
+use crate::withheld::{Withheld, WithheldList};
 
 /// Catalog name of published tables; the schema is the node's name.
 pub const CATALOG: &str = "carrow";
@@ -43,6 +44,9 @@ pub struct NodeState {
     pid_tokenisers: HashMap<String, Arc<Tokeniser>>,
     /// Token tables per project, with the source file times they were made from.
     token_tables: std::sync::Mutex<HashMap<String, (TokenTableMade, tokens::TokenTable)>>,
+    /// Per project not exempt from the national data opt-out: the pids
+    /// withheld for objections recorded at other organisations.
+    withheld: HashMap<String, Arc<Withheld>>,
 }
 
 /// When a cached token table was made, and from which source file times
@@ -81,7 +85,18 @@ impl NodeState {
         let mut projects: HashMap<String, Vec<Arc<PublishedTable>>> = HashMap::new();
         let mut unavailable: Vec<(String, String)> = Vec::new();
         let mut pid_tokenisers = HashMap::new();
+        let mut withheld = HashMap::new();
         for project in &config.projects {
+            let purpose = config.purpose(project);
+            let project_withheld = match purpose.opt_out_exempt {
+                Some(_) => None,
+                None => {
+                    let path = Withheld::path_for(&config.audit_log, project);
+                    let list = Arc::new(Withheld::load(path)?);
+                    withheld.insert(project.clone(), list.clone());
+                    Some(list)
+                }
+            };
             // A local id's pid is scoped to this node's name.
             let tokeniser =
                 Arc::new(Tokeniser::new(&secret, project).with_local_scope(&config.name));
@@ -89,6 +104,8 @@ impl NodeState {
             let functions = BoundaryFunctions {
                 pid: PidFunction::udf(tokeniser),
                 opted_out: opt_outs.clone().map(OptedOutFunction::udf),
+                purpose,
+                withheld: project_withheld,
             };
             let mut tables = Vec::new();
             for table in &config.tables {
@@ -161,6 +178,7 @@ impl NodeState {
             field_tokenisers,
             pid_tokenisers,
             token_tables: std::sync::Mutex::new(HashMap::new()),
+            withheld,
         })
     }
 
@@ -209,7 +227,24 @@ impl NodeState {
             .with_default_catalog_and_schema(CATALOG, &self.config.name)
             .with_create_default_catalog_and_schema(true)
             .with_information_schema(false);
-        let session = SessionContext::new_with_config(config);
+        // Each query has its own memory pool: a heavy one spills or fails
+        // alone, and never takes the node's memory from the others.
+        let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+            .with_memory_limit(self.config.query_memory_mb * 1024 * 1024, 1.0)
+            .build_arc()
+            .map_err(|e| QueryError::Internal(format!("query runtime: {e}")))?;
+        let state = carrow_sql::cooperative::session_defaults(
+            datafusion::execution::SessionStateBuilder::new(),
+        )
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .build();
+        let session = SessionContext::new_with_state(state);
+        // DataFusion 55 can drop a needed sort when a common subexpression
+        // sits between a sort and a filter that makes its key constant
+        // (SanityCheckPlan then refuses the plan): found by the
+        // generated-SQL test; the coordinator does without the rule too.
+        session.remove_optimizer_rule("common_sub_expression_eliminate");
         for table in self.projects.get(project).into_iter().flatten() {
             let provider = BoundaryTable::new(table.clone(), recorder.clone());
             session
@@ -266,6 +301,7 @@ impl NodeState {
             .map_err(|e| QueryError::Internal(e.to_string()))?;
         for (name, batch) in [
             (tokens::TOKEN_TABLE, table.batch),
+            (tokens::REGISTER_TABLE, table.register),
             (tokens::VERSION_TABLE, version),
         ] {
             let mem = datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]])
@@ -307,8 +343,60 @@ impl NodeState {
         fresh.then(|| table.clone())
     }
 
+    /// A fragment planned under another withheld list than this node holds
+    /// could release an opted-out person's records: refused until the
+    /// coordinator sends the list (it does at every catalog refresh).
+    fn check_withheld_version(&self, project: &str, meta: &RequestMeta) -> Result<(), QueryError> {
+        let (Some(wanted), Some(withheld)) = (&meta.opt_out_version, self.withheld.get(project))
+        else {
+            return Ok(());
+        };
+        if withheld.covers(wanted) {
+            return Ok(());
+        }
+        let held = withheld.version();
+        Err(QueryError::Unavailable(format!(
+            "node {} holds opt-out list version {} for project {project}, not {wanted}: \
+             it is sent again at the coordinator's next catalog refresh",
+            self.config.name,
+            held.as_deref().unwrap_or("none")
+        )))
+    }
+
+    /// Replaces `project`'s withheld list with the coordinator's (blocking:
+    /// writes the file).
+    fn replace_withheld(&self, caller: &Caller, list: &WithheldList) -> Result<usize, QueryError> {
+        let withheld = match self.withheld.get(&list.project) {
+            Some(w) => w,
+            None if self.config.projects.contains(&list.project) => return Ok(0),
+            None => {
+                return Err(QueryError::NotFound(format!(
+                    "node {} does not serve project {}",
+                    self.config.name, list.project
+                )));
+            }
+        };
+        if withheld.version().as_deref() == Some(list.version.as_str()) {
+            return Ok(withheld.len());
+        }
+        let n = withheld
+            .replace(list)
+            .map_err(|e| QueryError::Internal(e.to_string()))?;
+        tracing::info!(node = %self.config.name, project = %list.project, version = %list.version,
+            withheld = n, "opt-out list from the coordinator in force");
+        self.record(json!({
+            "kind": "withheld list",
+            "caller": caller.user,
+            "project": list.project,
+            "version": list.version,
+            "pids": n,
+        }));
+        Ok(n)
+    }
+
     fn record(&self, body: serde_json::Value) -> Option<String> {
-        match self.audit.append(body) {
+        // An fsync: off the async workers.
+        match carrow_sql::blocking::off_worker(|| self.audit.append(body)) {
             Ok(head) => Some(head),
             Err(e) => {
                 tracing::error!(node = %self.config.name, error = %e, "cannot append to the audit log");
@@ -462,6 +550,19 @@ impl Backend for NodeBackend {
         };
         let recorder = Arc::new(AccessRecorder::default());
         let session = state.session(&project, &recorder)?;
+        if let Err(e) = state.check_withheld_version(&project, meta) {
+            state.record(json!({
+                "query_id": query_id,
+                "upstream_query_id": meta.upstream_query_id,
+                "caller": caller.user,
+                "role": caller.role,
+                "project": project,
+                "sql": sql,
+                "outcome": e.outcome(),
+                "error": e.to_string(),
+            }));
+            return Err(e);
+        }
         if meta.linkage {
             // Field tokens are weaker pseudonyms than pid: only the
             // coordinator's linkage stage may have them.
@@ -487,6 +588,19 @@ impl Backend for NodeBackend {
             }
             state.add_token_table(&session, &project, &recorder).await?;
         }
+        if !sql.trim().is_empty() && !meta.setting {
+            // Recorded before it runs: a process that stops mid-query
+            // leaves a record without an outcome, which `audit verify` names.
+            state.record(json!({
+                "phase": carrow_governance::audit::PHASE_STARTED,
+                "query_id": query_id,
+                "upstream_query_id": meta.upstream_query_id,
+                "caller": caller.user,
+                "role": caller.role,
+                "project": project,
+                "sql": sql,
+            }));
+        }
         Ok(Arc::new(NodeScope {
             state: state.clone(),
             session,
@@ -500,6 +614,45 @@ impl Backend for NodeBackend {
 
     fn server_name(&self) -> String {
         format!("carrow node {}", self.state.config.name)
+    }
+
+    async fn action(
+        &self,
+        caller: &Caller,
+        name: &str,
+        body: &[u8],
+    ) -> Result<Vec<u8>, QueryError> {
+        if name != crate::withheld::ACTION {
+            return Err(QueryError::NotFound(format!("unknown action {name:?}")));
+        }
+        if caller.role != "coordinator" {
+            return Err(QueryError::refused(
+                policy::rules::LINKAGE_TOKENS,
+                format!(
+                    "{} is not a coordinator; only the coordinator sends opt-out lists",
+                    caller.user
+                ),
+            ));
+        }
+        let list: WithheldList = serde_json::from_slice(body).map_err(|e| {
+            QueryError::Invalid(format!(
+                "{}: not a withheld list: {e}",
+                crate::withheld::ACTION
+            ))
+        })?;
+        let state = self.state.clone();
+        let caller = caller.clone();
+        let n = tokio::task::spawn_blocking(move || state.replace_withheld(&caller, &list))
+            .await
+            .map_err(|e| QueryError::Internal(format!("storing the withheld list: {e}")))??;
+        Ok(json!({ "withheld": n }).to_string().into_bytes())
+    }
+
+    fn limits(&self) -> carrow_sql::flight::Limits {
+        carrow_sql::flight::Limits {
+            time: std::time::Duration::from_secs(self.state.config.query_time_limit_secs),
+            ..Default::default()
+        }
     }
 }
 
@@ -557,6 +710,7 @@ impl QueryScope for NodeScope {
             "fragment"
         );
         self.state.record(json!({
+            "phase": carrow_governance::audit::PHASE_FINISHED,
             "query_id": self.query_id,
             "upstream_query_id": self.upstream_query_id,
             "caller": self.caller.user,
@@ -568,6 +722,9 @@ impl QueryScope for NodeScope {
             "bytes": bytes,
             "outcome": status,
             "error": error,
+            // For the governance board: never sent to the caller.
+            "withheld_for_opt_outs": self.recorder.withheld(),
+            "opt_out_exemption": self.state.config.purpose(&self.project).opt_out_exempt,
         }))
     }
 }

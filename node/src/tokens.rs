@@ -24,10 +24,15 @@ pub const TOKEN_TABLE: &str = "carrow_linkage_tokens";
 /// only when it changed.
 pub const VERSION_TABLE: &str = "carrow_linkage_tokens_version";
 
-/// A computed token table and its version.
+/// Name of the register table in a linkage session: the same columns for
+/// the people this node records as having a national data opt-out.
+pub const REGISTER_TABLE: &str = "carrow_opt_out_tokens";
+
+/// A computed token table, the opt-out register's, and their version.
 #[derive(Debug, Clone)]
 pub struct TokenTable {
     pub batch: RecordBatch,
+    pub register: RecordBatch,
     pub version: String,
 }
 
@@ -103,10 +108,13 @@ pub async fn token_table(
     pids: &Arc<Tokeniser>,
 ) -> Result<TokenTable> {
     let ctx = SessionContext::new();
-    let mut batches = Vec::new();
+    let (mut batches, mut register) = (Vec::new(), Vec::new());
     for table in tables {
         if let Some(plan) = &table.identities {
             batches.extend(DataFrame::new(ctx.state(), plan.clone()).collect().await?);
+        }
+        if let Some(plan) = &table.register {
+            register.extend(DataFrame::new(ctx.state(), plan.clone()).collect().await?);
         }
     }
     let (tokeniser, pids) = (tokeniser.clone(), pids.clone());
@@ -119,7 +127,17 @@ pub async fn token_table(
                  their records take their next strongest pid"
             );
         }
-        tokenise(&batches, &tokeniser, &pids)
+        let (rows, register) = (
+            tokenise(&batches, &tokeniser, &pids)?,
+            tokenise(&register, &tokeniser, &pids)?,
+        );
+        // A change to either table changes the version, so the coordinator
+        // links again when a register changes.
+        Ok(TokenTable {
+            version: format!("{}+{}", version(&rows), version(&register)),
+            batch: to_batch(&rows)?,
+            register: to_batch(&register)?,
+        })
     })
     .await
     .map_err(|e| DataFusionError::External(Box::new(e)))?
@@ -151,7 +169,7 @@ fn tokenise(
     batches: &[RecordBatch],
     tokeniser: &FieldTokeniser,
     pids: &Tokeniser,
-) -> Result<TokenTable> {
+) -> Result<Vec<(Token, FieldTokens)>> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let per_thread = batches.len().div_ceil(threads).max(1);
     let parts: Vec<Result<Vec<(Token, FieldTokens)>>> = std::thread::scope(|scope| {
@@ -186,10 +204,7 @@ fn tokenise(
         .zip(keep)
         .filter_map(|(row, keep)| keep.then_some(row))
         .collect();
-    Ok(TokenTable {
-        batch: to_batch(&rows)?,
-        version: version(&rows),
-    })
+    Ok(rows)
 }
 
 /// Appends the pid and field tokens of each row of an identities batch

@@ -55,6 +55,9 @@ pub const RECEIPT_HEADER: &str = "x-carrow-receipt";
 pub const LINKAGE_HEADER: &str = "x-carrow-linkage";
 /// Request header carrying the coordinator's query id, recorded in node logs.
 pub const QUERY_ID_HEADER: &str = "x-carrow-query-id";
+/// Request header naming the version of the withheld list (opt-outs
+/// recorded at other nodes) a fragment was planned under.
+pub const OPT_OUT_VERSION_HEADER: &str = "x-carrow-opt-out-version";
 
 /// How long a statement handle or session stays valid.
 const HANDLE_TTL: Duration = Duration::from_secs(15 * 60);
@@ -85,6 +88,8 @@ pub struct RequestMeta {
     pub setting: bool,
     /// The caller asks for the linkage token table (coordinators only).
     pub linkage: bool,
+    /// The withheld list's version the coordinator planned the fragment under.
+    pub opt_out_version: Option<String>,
     /// What the backend reported of the session's previous statement
     /// ([`QueryScope::session_report`]).
     pub last_report: BTreeMap<String, String>,
@@ -105,6 +110,7 @@ impl RequestMeta {
             preparing: false,
             setting: false,
             linkage: text(LINKAGE_HEADER).is_some_and(|v| v == "1"),
+            opt_out_version: text(OPT_OUT_VERSION_HEADER),
             last_report: BTreeMap::new(),
         }
     }
@@ -169,6 +175,60 @@ pub trait QueryScope: Send + Sync {
     }
 }
 
+/// Limits on one statement.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// From its FlightInfo to its last batch; beyond it the statement is
+    /// stopped (its node fragments too) and fails as timed out.
+    pub time: Duration,
+    /// The most a result held in memory before sending (partial or
+    /// controlled results) may take.
+    pub held_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            time: Duration::from_secs(300),
+            held_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// Stops an endpoint's running statements: each fails (audited) rather
+/// than holding the process past its shutdown.
+#[derive(Debug, Clone)]
+pub struct Shutdown {
+    stop: tokio::sync::watch::Sender<bool>,
+    running: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self {
+            stop: tokio::sync::watch::channel(false).0,
+            running: Arc::default(),
+        }
+    }
+}
+
+impl Shutdown {
+    /// Cancels every running statement and waits (up to `deadline`) for
+    /// them to record their end.
+    pub async fn cancel_all(&self, deadline: Duration) {
+        let _ = self.stop.send(true);
+        let until = Instant::now() + deadline;
+        while self.running.load(std::sync::atomic::Ordering::SeqCst) > 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Statements streaming now.
+    pub fn running(&self) -> usize {
+        self.running.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 /// What an endpoint serves, and to whom.
 #[tonic::async_trait]
 pub trait Backend: Send + Sync + 'static {
@@ -188,6 +248,10 @@ pub trait Backend: Send + Sync + 'static {
     /// `carrow.allow_partial`); any other `SET` is refused.
     fn settings(&self) -> &'static [&'static str] {
         &[]
+    }
+    /// The limits every statement runs under.
+    fn limits(&self) -> Limits {
+        Limits::default()
     }
     /// A custom Flight action (`carrow.request.submit`, ...) with a JSON body;
     /// returns the JSON answer.
@@ -244,6 +308,8 @@ enum Handle {
 struct Started {
     stream: datafusion::execution::SendableRecordBatchStream,
     schema: SchemaRef,
+    /// When the statement's time limit runs out.
+    deadline: Instant,
 }
 
 impl Handle {
@@ -275,6 +341,7 @@ pub struct FlightSqlEndpoint<B: Backend> {
     sessions: Mutex<HashMap<String, Session>>,
     handles: Mutex<HashMap<String, Handle>>,
     sql_info: SqlInfoData,
+    shutdown: Shutdown,
 }
 
 type DoGetStream = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send + 'static>>;
@@ -312,7 +379,13 @@ impl<B: Backend> FlightSqlEndpoint<B> {
             sessions: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             sql_info,
+            shutdown: Shutdown::default(),
         }
+    }
+
+    /// Cancels this endpoint's running statements (at shutdown).
+    pub fn shutdown(&self) -> Shutdown {
+        self.shutdown.clone()
     }
 
     /// The tonic service to mount on a server.
@@ -500,12 +573,31 @@ impl<B: Backend> FlightSqlEndpoint<B> {
         let scope = self.backend.scope(caller, &meta, sql).await?;
         let planned = match setting {
             Some(_) => scope.session().read_empty().map_err(QueryError::from),
-            None => Self::plan(scope.as_ref(), sql, params).await,
-        };
-        let started = match planned {
-            Ok(df) => start(&scope, df)
+            None => contain_panic(Self::plan(scope.as_ref(), sql, params), "planning")
                 .await
-                .map_err(|e| scope.explain_failure(e, Stage::Execution)),
+                .and_then(every_parameter_bound),
+        };
+        let limits = self.backend.limits();
+        let started = match planned {
+            Ok(df) => match tokio::time::timeout(
+                limits.time,
+                contain_panic(
+                    async {
+                        start(&scope, df, &limits)
+                            .await
+                            .map_err(|e| scope.explain_failure(e, Stage::Execution))
+                    },
+                    "starting",
+                ),
+            )
+            .await
+            {
+                Ok(started) => started,
+                Err(_) => Err(QueryError::TimedOut(format!(
+                    "the statement ran longer than its time limit of {} s and was stopped",
+                    limits.time.as_secs()
+                ))),
+            },
             Err(e) => Err(e),
         };
         let started = match started {
@@ -520,7 +612,10 @@ impl<B: Backend> FlightSqlEndpoint<B> {
         let handle = Handle::Execution {
             owner: caller.user.clone(),
             scope,
-            started,
+            started: Started {
+                deadline: Instant::now() + limits.time,
+                ..started
+            },
             sql: sql.to_string(),
             meta,
             created: Instant::now(),
@@ -632,21 +727,41 @@ impl<B: Backend> FlightSqlEndpoint<B> {
 /// computed here. The announced schema is the stream's, with client types
 /// and the scope's metadata (coverage, disclosure), so every client, ADBC
 /// included, sees the metadata with the FlightInfo.
-async fn start(scope: &Arc<dyn QueryScope>, df: DataFrame) -> datafusion::error::Result<Started> {
-    let stream = df.execute_stream().await?;
-    let stream: datafusion::execution::SendableRecordBatchStream =
-        if scope.completes_before_sending() {
-            let schema = stream.schema();
-            let batches: Vec<RecordBatch> = stream.try_collect().await?;
-            Box::pin(
-                datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
-                    schema,
-                    futures::stream::iter(batches.into_iter().map(Ok)),
-                ),
-            )
-        } else {
-            stream
-        };
+async fn start(
+    scope: &Arc<dyn QueryScope>,
+    df: DataFrame,
+    limits: &Limits,
+) -> datafusion::error::Result<Started> {
+    let mut stream = df.execute_stream().await?;
+    let stream: datafusion::execution::SendableRecordBatchStream = if scope
+        .completes_before_sending()
+    {
+        let schema = stream.schema();
+        let (mut batches, mut held) = (Vec::new(), 0usize);
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            held += batch.get_array_memory_size();
+            if held > limits.held_bytes {
+                return Err(datafusion::error::DataFusionError::External(Box::new(
+                    QueryError::ResourceExhausted(format!(
+                        "the result is larger than {} MB, the most held in memory before sending \
+                             (a partial or disclosure-controlled result is computed whole first): \
+                             narrow the query",
+                        limits.held_bytes / (1024 * 1024)
+                    )),
+                )));
+            }
+            batches.push(batch);
+        }
+        Box::pin(
+            datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+                schema,
+                futures::stream::iter(batches.into_iter().map(Ok)),
+            ),
+        )
+    } else {
+        stream
+    };
     let fields: Vec<Field> = stream
         .schema()
         .fields()
@@ -654,7 +769,11 @@ async fn start(scope: &Arc<dyn QueryScope>, df: DataFrame) -> datafusion::error:
         .map(|f| crate::boundary::client_field(f))
         .collect();
     let schema = Arc::new(Schema::new_with_metadata(fields, scope.result_metadata()));
-    Ok(Started { stream, schema })
+    Ok(Started {
+        stream,
+        schema,
+        deadline: Instant::now(),
+    })
 }
 
 /// `batch` as a batch of `schema`: columns cast to its types where they
@@ -687,12 +806,20 @@ fn execute_stream(
     started: Started,
     sql: String,
     meta: RequestMeta,
+    shutdown: Shutdown,
 ) -> DoGetStream {
     // Two messages in flight at most: a slow client slows the query down
     // instead of the server buffering the result.
     let (tx, rx) = mpsc::channel::<Result<FlightData, Status>>(2);
+    shutdown
+        .running
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     tokio::spawn(async move {
-        let Started { stream, schema } = started;
+        let Started {
+            stream,
+            schema,
+            deadline,
+        } = started;
         let released = Arc::new(Mutex::new(Released::default()));
         let failure: Arc<Mutex<Option<datafusion::error::DataFusionError>>> =
             Arc::new(Mutex::new(None));
@@ -713,18 +840,49 @@ fn execute_stream(
         let mut encoded = FlightDataEncoderBuilder::new()
             .with_schema(schema)
             .build(counted);
+        let mut stop = shutdown.stop.subscribe();
+        let time_limit = tokio::time::sleep_until(deadline.into());
+        tokio::pin!(time_limit);
+        // Why the stream ended early, if it did.
+        let mut ended: Option<QueryError> = None;
         let mut cancelled = false;
-        let mut encoding: Option<FlightError> = None;
-        while let Some(item) = encoded.next().await {
-            match item {
-                Ok(data) => {
-                    if tx.send(Ok(data)).await.is_err() {
-                        cancelled = true;
+        loop {
+            // The client leaving, the time limit and a shutdown are watched
+            // even while the plan computes without producing a batch (a
+            // huge join or aggregate): dropping the stream stops its work.
+            tokio::select! {
+                item = encoded.next() => match item {
+                    Some(Ok(data)) => {
+                        if tx.send(Ok(data)).await.is_err() {
+                            cancelled = true;
+                            break;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        if lock(&failure).is_none() {
+                            ended = Some(QueryError::Internal(format!(
+                                "the result could not be encoded ({}); the stream was cut short",
+                                e.to_string().lines().next().unwrap_or("unknown")
+                            )));
+                        }
                         break;
                     }
+                    None => break,
+                },
+                _ = tx.closed() => {
+                    cancelled = true;
+                    break;
                 }
-                Err(e) => {
-                    encoding = Some(e);
+                _ = &mut time_limit => {
+                    ended = Some(QueryError::TimedOut(
+                        "the statement ran longer than its time limit and was stopped".into(),
+                    ));
+                    break;
+                }
+                _ = async { stop.wait_for(|stopping| *stopping).await.map(|_| ()) } => {
+                    ended = Some(QueryError::Unavailable(
+                        "the server is shutting down; the statement was stopped".into(),
+                    ));
                     break;
                 }
             }
@@ -732,13 +890,9 @@ fn execute_stream(
         drop(encoded);
         let totals = *lock(&released);
         let failure = lock(&failure).take();
-        let err = match (failure, encoding) {
-            (Some(e), _) => Some(scope.explain_failure(e, Stage::Execution)),
-            (None, Some(e)) => Some(QueryError::Internal(format!(
-                "the result could not be encoded ({}); the stream was cut short",
-                e.to_string().lines().next().unwrap_or("unknown")
-            ))),
-            (None, None) => None,
+        let err = match failure {
+            Some(e) => Some(scope.explain_failure(e, Stage::Execution)),
+            None => ended,
         };
         if let Some(err) = err {
             scope.finish(&sql, Err(&err));
@@ -763,6 +917,9 @@ fn execute_stream(
                     .await;
             }
         }
+        shutdown
+            .running
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     });
     Box::pin(futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
@@ -878,7 +1035,13 @@ impl<B: Backend> FlightSqlService for FlightSqlEndpoint<B> {
                 sql,
                 meta,
                 ..
-            } => Ok(Response::new(execute_stream(scope, started, sql, meta))),
+            } => Ok(Response::new(execute_stream(
+                scope,
+                started,
+                sql,
+                meta,
+                self.shutdown.clone(),
+            ))),
             Handle::Prepared { .. } => Err(Status::invalid_argument(
                 "a prepared statement handle is not a ticket",
             )),
@@ -1140,10 +1303,53 @@ impl<B: Backend> FlightSqlService for FlightSqlEndpoint<B> {
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
 }
 
+/// `work`, with a panic inside the query engine (a bug in a dependency on
+/// some odd statement) turned into this statement's internal error: the
+/// process and every other query go on.
+async fn contain_panic<T, E: From<QueryError>>(
+    work: impl std::future::Future<Output = Result<T, E>>,
+    stage: &str,
+) -> Result<T, E> {
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe(work).catch_unwind().await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::error!(
+                stage,
+                "the query engine panicked on a statement; it failed alone"
+            );
+            Err(QueryError::Internal(format!(
+                "the query engine failed while {stage} this statement (an internal error)"
+            ))
+            .into())
+        }
+    }
+}
+
+/// `df` when no `$n` placeholder is left without a value: otherwise the
+/// statement is refused naming them, before anything runs.
+fn every_parameter_bound(df: DataFrame) -> Result<DataFrame, QueryError> {
+    let unbound = df
+        .logical_plan()
+        .get_parameter_names()
+        .map_err(|e| QueryError::Invalid(format!("cannot read the statement's parameters: {e}")))?;
+    if unbound.is_empty() {
+        return Ok(df);
+    }
+    let mut names: Vec<String> = unbound.into_iter().collect();
+    names.sort_by_key(|n| (n.len(), n.clone()));
+    Err(QueryError::Invalid(format!(
+        "the statement has parameters without values ({}): bind one value per `?` or `$n`",
+        names.join(", ")
+    )))
+}
+
 /// A Flight SQL server running in the background.
 pub struct RunningServer {
     /// The address it listens on (useful with port 0).
     pub addr: std::net::SocketAddr,
+    /// Its running statements.
+    pub statements: Shutdown,
     shutdown: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -1157,6 +1363,7 @@ impl RunningServer {
     ) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
+        let statements = endpoint.shutdown();
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let incoming =
@@ -1174,18 +1381,30 @@ impl RunningServer {
         });
         Ok(Self {
             addr,
+            statements,
             shutdown,
             task,
         })
     }
 
-    /// Stops serving and waits for the server to finish.
-    pub async fn stop(self) -> Result<(), String> {
+    /// Stops serving: no new connection is accepted, running statements
+    /// are stopped (each records its end) within `deadline`, then the
+    /// server finishes.
+    pub async fn stop(mut self) -> Result<(), String> {
         let _ = self.shutdown.send(());
-        self.task
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
+        self.statements.cancel_all(Duration::from_secs(10)).await;
+        // Connections a client keeps open must not hold the process: the
+        // statements have recorded their ends by now.
+        match tokio::time::timeout(Duration::from_secs(5), &mut self.task).await {
+            Ok(joined) => joined
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string()),
+            Err(_) => {
+                tracing::warn!("connections still open 5 s after shutdown; closing them");
+                self.task.abort();
+                Ok(())
+            }
+        }
     }
 
     /// Waits until the server stops by itself (an error).

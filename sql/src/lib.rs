@@ -3,7 +3,9 @@
 //! types, and the mapping of errors to gRPC status codes.
 
 pub mod auth;
+pub mod blocking;
 pub mod boundary;
+pub mod cooperative;
 pub mod error;
 pub mod flight;
 pub mod statement;

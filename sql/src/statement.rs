@@ -5,7 +5,7 @@
 use std::ops::ControlFlow;
 
 use datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};
-use datafusion::sql::sqlparser::ast::{Statement, TableFactor, Visit, Visitor};
+use datafusion::sql::sqlparser::ast::{Expr, SetExpr, Statement, TableFactor, Visit, Visitor};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 
 use crate::error::QueryError;
@@ -137,6 +137,13 @@ pub fn check_read_only(sql: &str) -> Result<(), QueryError> {
             Statement::Query(query) => {
                 let mut finder = TableFunctionFinder::default();
                 let _ = query.visit(&mut finder);
+                if finder.empty_select {
+                    // DataFusion 55 panics planning some of these.
+                    return Err(QueryError::Invalid(
+                        "a scalar subquery SELECT without columns: name one column or expression"
+                            .into(),
+                    ));
+                }
                 match finder.found {
                     Some(name) => Err(QueryError::refused(
                         TABLE_FUNCTION_RULE,
@@ -184,10 +191,33 @@ fn kind_of(statement: &Statement) -> String {
 #[derive(Default)]
 struct TableFunctionFinder {
     found: Option<String>,
+    /// A scalar subquery `SELECT` with no select list (a derived table or
+    /// `EXISTS` may have none: the unparser writes `SELECT FROM` itself).
+    empty_select: bool,
+}
+
+/// Whether `body` holds a `SELECT` without a select list (its own
+/// subqueries are visited as queries of their own).
+fn has_empty_select(body: &SetExpr) -> bool {
+    match body {
+        SetExpr::Select(select) => select.projection.is_empty(),
+        SetExpr::SetOperation { left, right, .. } => {
+            has_empty_select(left) || has_empty_select(right)
+        }
+        SetExpr::Query(query) => has_empty_select(&query.body),
+        _ => false,
+    }
 }
 
 impl Visitor for TableFunctionFinder {
     type Break = ();
+
+    fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+        if let Expr::Subquery(query) = expr {
+            self.empty_select |= has_empty_select(&query.body);
+        }
+        ControlFlow::Continue(())
+    }
 
     fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
         let name = match factor {
@@ -275,6 +305,25 @@ mod tests {
             rule_of("SELECT * FROM t JOIN generate_series(1, 3) g ON true")
                 .starts_with(TABLE_FUNCTION_RULE)
         );
+    }
+
+    #[test]
+    fn a_scalar_subquery_without_columns_is_invalid() {
+        for sql in [
+            "SELECT a FROM t WHERE (SELECT FROM u WHERE u.b = t.b) > 2",
+            "SELECT (SELECT FROM u) AS x FROM t",
+            "SELECT a FROM t WHERE a = (SELECT FROM u UNION ALL SELECT FROM v)",
+        ] {
+            assert!(
+                matches!(check_read_only(sql), Err(QueryError::Invalid(m)) if m.contains("without columns")),
+                "{sql}"
+            );
+        }
+        // What the unparser writes for a count over a join stays valid.
+        assert!(
+            check_read_only("SELECT count(1) FROM (SELECT FROM t JOIN u ON t.a = u.a)").is_ok()
+        );
+        assert!(check_read_only("SELECT a FROM t WHERE EXISTS (SELECT FROM u)").is_ok());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use carrow_linkage::IdentifierKind;
 use carrow_node::config::{
     ClientConfig, ClientRole, ColumnConfig, ColumnType, Freshness, IdentifierColumnsConfig,
-    LocalColumns, NodeConfig, OptOutRule, SourceConfig, TableConfig,
+    LocalColumns, NodeConfig, OptOutKind, OptOutRule, ProjectPurpose, SourceConfig, TableConfig,
 };
 
 /// The project the generated nodes and coordinator use.
@@ -72,14 +72,35 @@ fn identifiers(
     )
 }
 
-fn base(org: &str, creds: &NodeCredentials) -> NodeConfig {
+/// A project for direct care, exempt from the national data opt-out (and
+/// from type 1 dissent): the demo shows the exemption in the audit log.
+pub const DIRECT_CARE_PROJECT: &str = "direct_care";
+
+/// The basis recorded for the direct-care project's exemption.
+pub const DIRECT_CARE_BASIS: &str = "direct care: the national data opt-out does not apply";
+
+/// The purposes of the generated projects: all but direct care are
+/// research and planning.
+pub fn direct_care_purposes() -> BTreeMap<String, ProjectPurpose> {
+    BTreeMap::from([(
+        DIRECT_CARE_PROJECT.to_string(),
+        ProjectPurpose {
+            opt_out_exempt: Some(DIRECT_CARE_BASIS.into()),
+            direct_care: true,
+        },
+    )])
+}
+
+/// A node with the generated clients and defaults, publishing nothing yet.
+pub(crate) fn base(org: &str, creds: &NodeCredentials) -> NodeConfig {
     NodeConfig {
         name: org.into(),
         listen: format!("127.0.0.1:{}", default_port(org)),
         linkage_secret_file: PathBuf::from("../secrets/linkage.key"),
         audit_log: PathBuf::from("audit.jsonl"),
-        projects: vec![DEMO_PROJECT.into()],
+        projects: vec![DEMO_PROJECT.into(), DIRECT_CARE_PROJECT.into()],
         default_project: DEMO_PROJECT.into(),
+        purposes: direct_care_purposes(),
         clients: vec![
             ClientConfig {
                 name: "coordinator".into(),
@@ -99,10 +120,13 @@ fn base(org: &str, creds: &NodeCredentials) -> NodeConfig {
         sources: BTreeMap::new(),
         tables: vec![],
         token_table_max_age_secs: 300,
+        query_memory_mb: 1_024,
+        query_time_limit_secs: 300,
     }
 }
 
-fn csv(path: &str) -> SourceConfig {
+/// A comma-separated file read as text (columns are cast when published).
+pub(crate) fn csv(path: &str) -> SourceConfig {
     SourceConfig::Csv {
         path: path.into(),
         delimiter: ',',
@@ -138,7 +162,7 @@ fn contacts(
     date_from: &str,
     setting: &str,
     activity: ColumnConfig,
-    opt_out: Option<OptOutRule>,
+    opt_out: Vec<OptOutRule>,
 ) -> TableConfig {
     let mut columns = person;
     columns.push(col("contact_date", date_from, Some(ColumnType::Date)));
@@ -166,7 +190,6 @@ fn contacts(
 /// The hospital trust's node: Parquet extracts of its patient administration system.
 pub fn acute(creds: &NodeCredentials) -> NodeConfig {
     let mut cfg = base("acute", creds);
-    cfg.opt_out_list = Some("optouts.csv".into());
     cfg.sources.insert(
         "pas_patients".into(),
         SourceConfig::Parquet {
@@ -212,9 +235,10 @@ pub fn acute(creds: &NodeCredentials) -> NodeConfig {
             ),
             col("primary_diagnosis", "PRIMARY_DIAGNOSIS", Some(ColumnType::String)),
         ],
-        // The trust records objections locally too, so people whose NHS
-        // number it lacks are still removed.
-        opt_out: Some(OptOutRule { column: "DATA_OPT_OUT".into(), values: vec!["Y".into()] }),
+        // The trust holds no objections: the national data opt-out is
+        // recorded at the GP practice and reaches here through the
+        // coordinator.
+        opt_out: vec![],
         freshness: freshness_column("admission_date"),
     });
     let admissions = cfg.tables[0].clone();
@@ -266,10 +290,21 @@ pub fn gp(creds: &NodeCredentials) -> NodeConfig {
             col("deprivation_decile", "imd_decile", Some(ColumnType::Int64)),
         ]
     };
-    let opt_out = Some(OptOutRule {
-        column: "ndo_status".into(),
-        values: vec!["opted_out".into()],
-    });
+    // The practice holds both registers: the national data opt-out (which
+    // the coordinator propagates to every organisation) and type 1
+    // dissent (GP data leaves for direct care only).
+    let opt_out = vec![
+        OptOutRule {
+            column: "ndo_status".into(),
+            values: vec!["opted_out".into()],
+            kind: OptOutKind::National,
+        },
+        OptOutRule {
+            column: "type1_status".into(),
+            values: vec!["dissent".into()],
+            kind: OptOutKind::Type1,
+        },
+    ];
     let mut registrations = person_columns();
     registrations.push(col(
         "practice_code",
@@ -327,7 +362,6 @@ pub fn gp(creds: &NodeCredentials) -> NodeConfig {
 /// The council's adult social care node: CSV extracts of its case management system.
 pub fn council(creds: &NodeCredentials, as_of: &str) -> NodeConfig {
     let mut cfg = base("council", creds);
-    cfg.opt_out_list = Some("optouts.csv".into());
     cfg.sources.insert("clients".into(), csv("clients.csv"));
     cfg.sources
         .insert("care_packages".into(), csv("care_packages.csv"));
@@ -362,10 +396,8 @@ pub fn council(creds: &NodeCredentials, as_of: &str) -> NodeConfig {
             ),
         ]
     };
-    let opt_out = Some(OptOutRule {
-        column: "DataSharingObjection".into(),
-        values: vec!["Y".into()],
-    });
+    // The council holds no objections of its own (see the GP's).
+    let opt_out: Vec<OptOutRule> = vec![];
     cfg.tables.push(TableConfig {
         name: "clients".into(),
         description: "Adult social care clients, one row per person".into(),
@@ -428,7 +460,7 @@ pub fn council(creds: &NodeCredentials, as_of: &str) -> NodeConfig {
             ),
             col("population", "population", Some(ColumnType::Int64)),
         ],
-        opt_out: None,
+        opt_out: vec![],
         freshness: Some(Freshness {
             as_of: Some(as_of.into()),
             ..Default::default()

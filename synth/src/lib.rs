@@ -8,6 +8,7 @@ pub mod configs;
 pub mod orgs;
 pub mod population;
 pub mod table;
+pub mod tpch;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -64,6 +65,8 @@ pub enum SynthError {
     Encode { path: PathBuf, message: String },
     #[error("--people must be at least 1")]
     NoPeople,
+    #[error("TPC-H scale factor {0} is out of range: use more than 0 and at most 10")]
+    ScaleFactor(f64),
     #[error(transparent)]
     Secret(#[from] carrow_linkage::LinkageError),
     #[error("cannot hash a generated password: {0}")]
@@ -147,10 +150,6 @@ pub fn generate(opts: &GenerateOptions) -> Result<Summary, SynthError> {
             "gp" => configs::gp(&creds),
             _ => configs::council(&creds, &opts.as_of.to_string()),
         };
-        if let Some(list) = &node.opt_out_list {
-            let numbers: String = org.opt_out_list.iter().map(|n| format!("{n}\n")).collect();
-            write_text(&dir.join(list), &format!("nhs_number\n{numbers}"))?;
-        }
         write_toml(&dir.join("node.toml"), &node)?;
         endpoints.push(NodeEndpoint {
             name: org.name.to_string(),
@@ -161,29 +160,7 @@ pub fn generate(opts: &GenerateOptions) -> Result<Summary, SynthError> {
     }
     let coordinator_dir = opts.out.join("coordinator");
     create_dir(&coordinator_dir)?;
-    let coordinator = CoordinatorConfig {
-        listen: "127.0.0.1:50050".into(),
-        state_dir: "state".into(),
-        default_project: configs::DEMO_PROJECT.into(),
-        connect_timeout_ms: 2_000,
-        query_timeout_ms: 60_000,
-        memory_limit_mb: 2_048,
-        catalog_refresh_secs: 60,
-        nodes: endpoints,
-        users: DEMO_USERS
-            .iter()
-            .map(|(name, role)| {
-                Ok(UserConfig {
-                    name: name.to_string(),
-                    role: *role,
-                    password_hash: new_password(&secrets.join(format!("{name}.token")))?,
-                })
-            })
-            .collect::<Result<_, SynthError>>()?,
-        disclosure: Default::default(),
-        link_records: true,
-        link_group_warning_size: 10,
-    };
+    let coordinator = coordinator_config(endpoints, &secrets)?;
     write_toml(&coordinator_dir.join("coordinator.toml"), &coordinator)?;
     write_ground_truth(&opts.out.join("ground-truth"), &pop, &organisations)?;
     let summary = summarise(opts, &pop, &organisations);
@@ -191,6 +168,43 @@ pub fn generate(opts: &GenerateOptions) -> Result<Summary, SynthError> {
     write_text(&opts.out.join("manifest.json"), &(manifest + "\n"))?;
     tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, out = %opts.out.display(), "generated");
     Ok(summary)
+}
+
+/// The coordinator of generated nodes: defaults, and each of [`DEMO_USERS`]
+/// with a new password in `secrets/<name>.token`.
+fn coordinator_config(
+    nodes: Vec<NodeEndpoint>,
+    secrets: &Path,
+) -> Result<CoordinatorConfig, SynthError> {
+    Ok(CoordinatorConfig {
+        listen: "127.0.0.1:50050".into(),
+        state_dir: "state".into(),
+        default_project: configs::DEMO_PROJECT.into(),
+        connect_timeout_ms: 2_000,
+        query_timeout_ms: 60_000,
+        memory_limit_mb: 2_048,
+        query_memory_mb: 512,
+        query_time_limit_secs: 300,
+        max_queries_per_user: 4,
+        held_result_mb: 256,
+        catalog_refresh_secs: 60,
+        purposes: configs::direct_care_purposes(),
+        nodes,
+        users: DEMO_USERS
+            .iter()
+            .map(|(name, role, projects)| {
+                Ok(UserConfig {
+                    name: name.to_string(),
+                    role: *role,
+                    password_hash: new_password(&secrets.join(format!("{name}.token")))?,
+                    projects: projects.iter().map(|p| p.to_string()).collect(),
+                })
+            })
+            .collect::<Result<_, SynthError>>()?,
+        disclosure: Default::default(),
+        link_records: true,
+        link_group_warning_size: 10,
+    })
 }
 
 fn summarise(
@@ -265,11 +279,14 @@ fn write_toml<T: Serialize>(path: &Path, value: &T) -> Result<(), SynthError> {
 /// A token file has the secret file's format: 32 random bytes in hex.
 /// The coordinator users `generate` creates, each with a random password in
 /// `secrets/<name>.token`.
-pub const DEMO_USERS: &[(&str, Role)] = &[
-    ("planner", Role::Planner),
-    ("researcher", Role::Researcher),
-    ("reviewer1", Role::Governance),
-    ("reviewer2", Role::Governance),
+pub const DEMO_USERS: &[(&str, Role, &[&str])] = &[
+    ("planner", Role::Planner, &[]),
+    ("researcher", Role::Researcher, &[]),
+    ("reviewer1", Role::Governance, &[]),
+    ("reviewer2", Role::Governance, &[]),
+    // A care team's analyst: the one user of the direct-care project,
+    // which the national data opt-out does not apply to.
+    ("clinician", Role::Planner, &[configs::DIRECT_CARE_PROJECT]),
 ];
 
 /// A new random password in `path`; returns its argon2id hash.
@@ -336,14 +353,14 @@ fn write_ground_truth(
     create_dir(dir)?;
     let mut people = String::from(
         "person_id,nhs_number,family_name,given_name,date_of_birth,sex,postcode,area_code,deprivation_decile,opted_out,\
-         household_id,household_kind,twin_of,namesake_of,maiden_name,moved\n",
+         household_id,household_kind,twin_of,namesake_of,maiden_name,moved,type1_opted_out\n",
     );
     let id_of = |i: Option<usize>| i.map_or(String::new(), |i| pop.people[i].id.clone());
     for p in &pop.people {
         let area = &pop.areas[p.area];
         let household = &pop.households[p.household];
         people.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
             p.id,
             p.nhs_number,
             p.family_name,
@@ -364,6 +381,7 @@ fn write_ground_truth(
             id_of(p.namesake_of),
             p.maiden_name.as_deref().unwrap_or(""),
             p.previous.is_some(),
+            p.type1_opted_out(),
         ));
     }
     write_text(&dir.join("people.csv"), &people)?;
@@ -435,7 +453,7 @@ mod tests {
         assert_eq!(summary, generate_into(b.path(), people, 42));
         let (ca, cb) = (contents(a.path()), contents(b.path()));
         assert!(
-            ca.len() >= 23
+            ca.len() >= 21
                 && ca.contains_key("ground-truth/records.csv")
                 && ca.contains_key("council/node.toml"),
             "expected data, configs and ground truth, got {:?}",
@@ -475,6 +493,10 @@ mod tests {
         );
     }
 
+    fn share(n: usize, d: usize) -> f64 {
+        n as f64 / d as f64
+    }
+
     #[test]
     fn ground_truth_covers_every_record() {
         let dir = tempfile::tempdir().unwrap();
@@ -502,15 +524,40 @@ mod tests {
         };
         assert_eq!(csv_rows("council/clients.csv"), summary.council_clients);
         assert_eq!(csv_rows("acute/apc_spells.csv"), summary.acute_admissions);
-        // Opt-out lists hold only people the ground truth says opted out.
+        // Objections are recorded at the GP practice only, exactly for the
+        // people the ground truth says objected (type 1: 1% ± 0.5 points).
         let people = fs::read_to_string(dir.path().join("ground-truth/people.csv")).unwrap();
-        let opted: std::collections::HashSet<&str> = people
+        let status: std::collections::HashMap<&str, (bool, bool)> = people
             .lines()
-            .filter(|l| l.split(',').nth(9) == Some("true"))
-            .map(|l| l.split(',').nth(1).unwrap())
+            .skip(1)
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                (f[1], (f[9] == "true", f[16] == "true"))
+            })
             .collect();
-        let list = fs::read_to_string(dir.path().join("acute/optouts.csv")).unwrap();
-        assert!(list.lines().skip(1).all(|n| opted.contains(n)));
+        let type1 = status.values().filter(|s| s.1).count();
+        assert!(
+            (share(type1, summary.people) - population::TYPE1_SHARE).abs() < 0.005,
+            "{type1}"
+        );
+        let patients = fs::read_to_string(dir.path().join("gp/patients.csv")).unwrap();
+        for line in patients.lines().skip(1) {
+            let f: Vec<&str> = line.rsplitn(3, ',').collect();
+            let nhs = line.split(',').nth(1).unwrap();
+            let (national, dissent) = status[nhs];
+            assert_eq!(f[1] == "opted_out", national, "{line}");
+            assert_eq!(f[0] == "dissent", dissent, "{line}");
+        }
+        for (file, column) in [("acute/pas_patients.csv", 10), ("council/clients.csv", 10)] {
+            let text = fs::read_to_string(dir.path().join(file)).unwrap();
+            assert!(
+                text.lines()
+                    .skip(1)
+                    .all(|l| l.rsplit(',').next() == Some("N")),
+                "{file}: column {column} records no objection"
+            );
+        }
+        assert!(!dir.path().join("acute/optouts.csv").exists());
     }
 
     #[test]

@@ -194,9 +194,6 @@ pub struct Organisation {
     pub tables: Vec<Table>,
     /// Ground truth: (table, local record id, person id) for each person record.
     pub records: Vec<(&'static str, String, String)>,
-    /// NHS numbers of this organisation's people who opted out, as the
-    /// national opt-out service returns them to the organisation.
-    pub opt_out_list: Vec<String>,
 }
 
 /// ICD-10 primary diagnoses with their weight among emergency admissions of
@@ -289,7 +286,6 @@ pub fn acute(rng: &mut ChaCha8Rng, pop: &Population, as_of: NaiveDate) -> Organi
         name: "acute",
         tables: vec![],
         records: vec![],
-        opt_out_list: vec![],
     };
     let window_start = as_of - Duration::days(730);
     for (index, person) in pop.people.iter().enumerate() {
@@ -301,9 +297,6 @@ pub fn acute(rng: &mut ChaCha8Rng, pop: &Population, as_of: NaiveDate) -> Organi
         }
         let patient_id = format!("RR8{:07}", patients.len() + 1);
         let ids = held(rng, pop, index, &ACUTE_CARE);
-        if ids.nhs.as_deref() == Some(person.nhs_number.as_str()) && person.opted_out {
-            org.opt_out_list.push(person.nhs_number.clone());
-        }
         let area = &pop.areas[person.area];
         patients.push(vec![
             patient_id.clone().into(),
@@ -320,7 +313,9 @@ pub fn acute(rng: &mut ChaCha8Rng, pop: &Population, as_of: NaiveDate) -> Organi
             ids.postcode.into(),
             area.code.clone().into(),
             area.deprivation_decile.into(),
-            if person.opted_out { "Y" } else { "N" }.into(),
+            // The trust records no objection of its own: the national data
+            // opt-out is held at the GP practice.
+            "N".into(),
         ]);
         org.records
             .push(("pas_patients", patient_id.clone(), person.id.clone()));
@@ -370,6 +365,7 @@ pub fn gp(rng: &mut ChaCha8Rng, pop: &Population, as_of: NaiveDate) -> Organisat
             ("practice_code", S),
             ("registration_date", D),
             ("ndo_status", S),
+            ("type1_status", S),
         ],
     );
     let mut conditions = Table::new(
@@ -385,7 +381,6 @@ pub fn gp(rng: &mut ChaCha8Rng, pop: &Population, as_of: NaiveDate) -> Organisat
         name: "gp",
         tables: vec![],
         records: vec![],
-        opt_out_list: vec![],
     };
     for person in &pop.people {
         let guid = format!("G{:07}", patients.len() + 1);
@@ -413,6 +408,10 @@ pub fn gp(rng: &mut ChaCha8Rng, pop: &Population, as_of: NaiveDate) -> Organisat
             format!("B86{:03}", person.area % 40).into(),
             registered.into(),
             person.opted_out.then(|| "opted_out".to_string()).into(),
+            person
+                .type1_opted_out()
+                .then(|| "dissent".to_string())
+                .into(),
         ]);
         org.records
             .push(("patients", guid.clone(), person.id.clone()));
@@ -483,7 +482,6 @@ pub fn council(rng: &mut ChaCha8Rng, pop: &Population, as_of: NaiveDate) -> Orga
         name: "council",
         tables: vec![],
         records: vec![],
-        opt_out_list: vec![],
     };
     for (index, person) in pop.people.iter().enumerate() {
         let age = person.age_on(as_of);
@@ -503,12 +501,6 @@ pub fn council(rng: &mut ChaCha8Rng, pop: &Population, as_of: NaiveDate) -> Orga
                 spaced_nhs(&n)
             }
         });
-        if person.opted_out
-            && let Some(n) = &nhs
-            && n.replace(' ', "") == person.nhs_number
-        {
-            org.opt_out_list.push(n.replace(' ', ""));
-        }
         let area = &pop.areas[person.area];
         clients.push(vec![
             client_id.clone().into(),
@@ -525,7 +517,8 @@ pub fn council(rng: &mut ChaCha8Rng, pop: &Population, as_of: NaiveDate) -> Orga
             ids.postcode.into(),
             area.code.clone().into(),
             area.deprivation_decile.into(),
-            if person.opted_out { "Y" } else { "N" }.into(),
+            // The council records no objection of its own either.
+            "N".into(),
         ]);
         org.records
             .push(("clients", client_id.clone(), person.id.clone()));

@@ -12,6 +12,8 @@ use carrow_linkage::normalise::nhs_check_digit;
 
 /// Share of people who registered a national data opt-out.
 pub const OPT_OUT_SHARE: f64 = 0.03;
+/// Share of people with a type 1 opt-out at their GP practice.
+pub const TYPE1_SHARE: f64 = 0.01;
 
 /// People per small area (an LSOA has about 1 500 residents).
 const PEOPLE_PER_AREA: usize = 1_500;
@@ -386,12 +388,24 @@ pub struct Person {
     /// Index of the unrelated person they share name, sex and birth date with.
     pub namesake_of: Option<usize>,
     pub area: usize,
+    /// A national data opt-out (recorded at the GP practice only).
     pub opted_out: bool,
     /// 0 to 1: drives hospital admissions and social care need.
     pub frailty: f64,
 }
 
 impl Person {
+    /// A type 1 opt-out: the GP record leaves the practice for direct care
+    /// only. About [`TYPE1_SHARE`] of people, drawn from the person's id (a
+    /// stream of its own, so no other generated value moves).
+    pub fn type1_opted_out(&self) -> bool {
+        // FNV-1a: stable across runs and platforms.
+        let hash = self.id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        (hash % 10_000) as f64 / 10_000.0 < TYPE1_SHARE
+    }
+
     /// Age in whole years on `date`.
     pub fn age_on(&self, date: NaiveDate) -> i32 {
         let mut age = date.year() - self.date_of_birth.year();

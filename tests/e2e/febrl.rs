@@ -90,7 +90,7 @@ fn febrl_node(root: &Path, dataset: &str, with_ssid: bool) -> NodeProcess {
             expr: None,
             data_type: None,
         }],
-        opt_out: None,
+        opt_out: vec![],
         freshness: None,
     }];
     let dir = root.join(&name);
@@ -191,7 +191,11 @@ async fn febrl4_links_across_two_nodes_with_and_without_the_social_security_numb
 /// How many times the node at `dir` served its token table, and its version.
 fn token_requests(dir: &Path) -> (usize, usize) {
     let log = std::fs::read_to_string(dir.join("audit.jsonl")).unwrap_or_default();
-    let count = |sql: &str| log.lines().filter(|l| l.contains(sql)).count();
+    let count = |sql: &str| {
+        log.lines()
+            .filter(|l| l.contains(sql) && l.contains("\"finished\""))
+            .count()
+    };
     (
         count("\"SELECT * FROM carrow_linkage_tokens\""),
         count("\"SELECT version FROM carrow_linkage_tokens_version\""),

@@ -224,7 +224,7 @@ async fn planners_see_released_aggregates_only_with_small_cells_removed_whole() 
     let record = log
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .find(|r| r["body"]["sql"] == sql)
+        .find(|r| r["body"]["sql"] == sql && r["body"]["phase"] == "finished")
         .expect("the planner's query is audited");
     assert_eq!(
         record["body"]["disclosure"]["cells_below_threshold"], withheld,
@@ -543,7 +543,7 @@ async fn coordinator_and_node_logs_reconcile_and_a_removed_record_is_named() {
     let (index, removed) = lines
         .iter()
         .enumerate()
-        .find(|(_, l)| l.contains("\"upstream_query_id\":\"q-"))
+        .find(|(_, l)| l.contains("\"upstream_query_id\":\"q-") && l.contains("\"finished\""))
         .unwrap();
     let removed_id = serde_json::from_str::<Value>(removed).unwrap()["body"]["query_id"]
         .as_str()

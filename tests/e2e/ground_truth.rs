@@ -72,9 +72,10 @@ async fn person_table(
     .unwrap()
 }
 
+/// A node's NHS-number opt-out list (none when it keeps none).
 fn opt_out_list(path: &Path) -> HashSet<String> {
     std::fs::read_to_string(path)
-        .unwrap()
+        .unwrap_or_default()
         .lines()
         .skip(1)
         .filter_map(|l| {

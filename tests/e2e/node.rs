@@ -83,14 +83,19 @@ impl Region {
         )
     }
 
-    /// (NHS number, postcode, opted out) of every person.
+    /// (NHS number, postcode, objected at the GP practice: a national data
+    /// opt-out or type 1 dissent) of every person.
     fn people(&self) -> Vec<(String, String, bool)> {
         let text = fs::read_to_string(self.truth("people.csv")).unwrap();
         text.lines()
             .skip(1)
             .map(|l| {
                 let f: Vec<&str> = l.split(',').collect();
-                (f[1].to_string(), f[6].to_string(), f[9] == "true")
+                (
+                    f[1].to_string(),
+                    f[6].to_string(),
+                    f[9] == "true" || f[16] == "true",
+                )
             })
             .collect()
     }
@@ -119,8 +124,10 @@ fn pids(batches: &[datafusion::arrow::array::RecordBatch]) -> HashSet<Vec<u8>> {
     out
 }
 
-/// The ground truth joined to an organisation's local table, without
-/// opted-out people: the answer a node must give.
+/// The ground truth joined to an organisation's local table, without the
+/// people the organisation itself records as objecting (only the GP
+/// practice does; objections reach the others through the coordinator,
+/// see `opt_outs.rs`): the answer a node on its own must give.
 async fn expected(
     region: &Region,
     org: &str,
@@ -136,10 +143,15 @@ async fn expected(
         ("records", region.truth("records.csv")),
         ("people", region.truth("people.csv")),
     ];
+    let objection = if org == "gp" {
+        "NOT p.opted_out AND NOT p.type1_opted_out"
+    } else {
+        "true"
+    };
     let sql = format!(
         "SELECT {select} FROM t JOIN records r ON r.organisation = '{org}' AND r.\"table\" = '{local_table}' \
          AND r.record_id = CAST(t.\"{id_column}\" AS VARCHAR) JOIN people p ON p.person_id = r.person_id \
-         WHERE NOT p.opted_out GROUP BY 1"
+         WHERE {objection} GROUP BY 1"
     );
     rows(&local_query(&tables, &sql).await)
 }
@@ -219,6 +231,7 @@ async fn pid_is_the_projects_token_and_no_identifier_or_opted_out_person_leaves(
     let demo = region.tokeniser("demo");
     let mut everything = String::new();
     let mut released_pids = HashSet::new();
+    let mut gp_pids = HashSet::new();
     for (org, tables) in [
         ("acute", vec!["admissions"]),
         ("gp", vec!["registrations", "conditions"]),
@@ -257,11 +270,14 @@ async fn pid_is_the_projects_token_and_no_identifier_or_opted_out_person_leaves(
             if table != "areas" {
                 released_pids.extend(pids(&batches));
             }
+            if org == "gp" {
+                gp_pids.extend(pids(&batches));
+            }
             everything.push_str(&format!("{:?}", rows(&batches)));
         }
     }
-    // The gp publishes every registered person who did not opt out, keyed by
-    // their NHS number for project "demo".
+    // The gp publishes every registered person who did not object, keyed
+    // by their NHS number for project "demo", and no one who did.
     let mut opted_out_tokens = HashSet::new();
     for (nhs, _, opted_out) in &people {
         let nhs: [u8; 10] = nhs.as_bytes().try_into().unwrap();
@@ -277,7 +293,7 @@ async fn pid_is_the_projects_token_and_no_identifier_or_opted_out_person_leaves(
     }
     assert!(!opted_out_tokens.is_empty());
     assert!(
-        released_pids.is_disjoint(&opted_out_tokens),
+        gp_pids.is_disjoint(&opted_out_tokens),
         "an opted-out person was released"
     );
     // Another project's pseudonyms differ, so they cannot be joined.
@@ -545,9 +561,18 @@ async fn the_audit_log_records_every_fragment_and_shows_tampering() {
         .await
         .unwrap();
     let log = region.root.join("council/audit.jsonl");
+    // Each statement is recorded before it runs and again with its outcome.
     let lines = audit_lines(&log);
-    assert_eq!(lines.len(), 3, "{lines:#?}");
-    let first: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(lines.len(), 6, "{lines:#?}");
+    let records: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for (i, record) in records.iter().enumerate() {
+        let phase = if i % 2 == 0 { "started" } else { "finished" };
+        assert_eq!(record["body"]["phase"], phase, "{record}");
+    }
+    let first = records[1].clone();
     assert_eq!(first["body"]["outcome"], "ok");
     assert_eq!(first["body"]["caller"], "coordinator");
     assert_eq!(first["body"]["project"], "demo");
@@ -557,7 +582,7 @@ async fn the_audit_log_records_every_fragment_and_shows_tampering() {
         serde_json::json!(["sex"])
     );
     assert_eq!(first["body"]["rows"], 2);
-    let second: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+    let second = records[3].clone();
     assert_eq!(second["body"]["outcome"], "refused");
     assert!(
         second["body"]["error"]
@@ -595,20 +620,20 @@ async fn the_audit_log_records_every_fragment_and_shows_tampering() {
     assert_eq!(receipt["rows"], 7);
     assert_eq!(receipt["audit_head"], last["hash"]);
     assert_eq!(receipt["query_id"], last["body"]["query_id"]);
-    assert_eq!(lines.len(), 4);
+    assert_eq!(lines.len(), 8);
 
     let verify = |path: &Path| run(&["audit", "verify", path.to_str().unwrap()]);
     let ok = verify(&log);
     assert!(ok.status.success(), "{}", stderr(&ok));
-    assert!(String::from_utf8_lossy(&ok.stdout).contains("4 records"));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("8 records"));
 
     let tampered = region.root.join("tampered.jsonl");
     let mut edited = lines.clone();
-    edited[0] = edited[0].replace("\"rows\":2", "\"rows\":20");
+    edited[1] = edited[1].replace("\"rows\":2", "\"rows\":20");
     fs::write(&tampered, edited.join("\n") + "\n").unwrap();
     let err = stderr(&verify(&tampered));
     assert!(
-        err.contains("line 1 (record 1)") && err.contains("edited"),
+        err.contains("line 2 (record 2)") && err.contains("edited"),
         "{err}"
     );
 
@@ -681,7 +706,7 @@ async fn linkage_tokens_go_to_the_coordinator_only_and_cover_exactly_the_publish
     );
 
     // The coordinator gets one row per distinct identity: pid and keyed
-    // field tokens, nothing else, and no opted-out person.
+    // field tokens, nothing else.
     coordinator.set_header("x-carrow-linkage", "1");
     let batches = query(&mut coordinator, tokens).await.unwrap();
     let schema = batches[0].schema();
@@ -713,14 +738,4 @@ async fn linkage_tokens_go_to_the_coordinator_only_and_cover_exactly_the_publish
         token_pids, published,
         "tokens cover exactly the persons the node publishes"
     );
-    // Opted-out people's NHS-number pids are absent.
-    let tokeniser = region.tokeniser("demo");
-    for (nhs, _, opted_out) in region.people() {
-        let Some(n) = carrow_linkage::normalise::nhs_number(&nhs) else {
-            continue;
-        };
-        if opted_out {
-            assert!(!token_pids.contains(tokeniser.nhs_number_token(&n).as_slice()));
-        }
-    }
 }

@@ -107,7 +107,7 @@ pub fn publish_big_table(root: &std::path::Path) -> std::path::PathBuf {
                 data_type: None,
             },
         ],
-        opt_out: None,
+        opt_out: vec![],
         freshness: None,
     });
     std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();

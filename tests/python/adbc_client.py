@@ -1,7 +1,8 @@
 """Runs queries through the Python ADBC Flight SQL driver, the reference client.
 
 Usage: adbc_client.py URI USER TOKEN_FILE < queries.json
-queries.json: [{"sql": "...", "params": [..] or null, "read_with": "arrow" | "pandas" | "polars"}, ...]
+queries.json: [{"sql": "...", "params": [..] or null, "read_with": "arrow" | "pandas" | "polars",
+                "save_to": "path.arrow" (optional: the Arrow table as an IPC file)}, ...]
 Prints JSON: {"tables": [...], "results": [{"ok", "types", "rows", "metadata"} or {"ok": false, "error"}]}
 `metadata` is the result schema's metadata as the driver gives it (Carrow's
 coverage manifest and disclosure report). Statements run in one session, in
@@ -43,6 +44,11 @@ def main():
                     out["results"].append({"ok": True, "types": [str(t) for t in frame.dtypes], "rows": rows})
                     continue
                 table = cur.fetch_arrow_table()
+                if query.get("save_to"):
+                    import pyarrow
+
+                    with pyarrow.ipc.new_file(query["save_to"], table.schema) as writer:
+                        writer.write_table(table)
                 metadata = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
                 if reader == "polars":
                     import polars
