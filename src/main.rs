@@ -217,6 +217,18 @@ enum KeysCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Write a new caller token to a new file with mode 0600 and print the
+    /// `[[clients]]` entry a node's configuration needs for it.
+    Token {
+        #[arg(long)]
+        out: PathBuf,
+        /// The caller's name at the node.
+        #[arg(long, default_value = "coordinator")]
+        name: String,
+        /// coordinator or operator.
+        #[arg(long, default_value = "coordinator")]
+        role: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -265,6 +277,19 @@ fn run(command: Command) -> anyhow::Result<()> {
             secret.write_new(&out)?;
             println!(
                 "wrote a new linkage secret to {} (mode 0600)",
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Keys {
+            command: KeysCommand::Token { out, name, role },
+        } => {
+            if !matches!(role.as_str(), "coordinator" | "operator") {
+                bail!("--role {role:?}: a node's callers are coordinator or operator");
+            }
+            let sha256 = carrow_synth::new_token(&out)?;
+            println!(
+                "wrote a new caller token to {} (mode 0600); give it to the caller, and add to the node's configuration:\n\n[[clients]]\nname = \"{name}\"\nrole = \"{role}\"\ntoken_sha256 = \"{sha256}\"",
                 out.display()
             );
             Ok(())

@@ -741,6 +741,7 @@ impl Backend for CoordinatorBackend {
             request: permit.request,
             run: permit.run,
             started: Instant::now(),
+            partly_released: Default::default(),
         }))
     }
 
@@ -871,6 +872,8 @@ struct CoordinatorScope {
     request: Option<i64>,
     run: Option<i64>,
     started: Instant,
+    /// Rows the client received before the statement failed or was cancelled.
+    partly_released: std::sync::atomic::AtomicU64,
 }
 
 impl QueryScope for CoordinatorScope {
@@ -905,10 +908,22 @@ impl QueryScope for CoordinatorScope {
         redact_execution_error(err)
     }
 
+    fn released_before_failure(&self, released: Released) {
+        self.partly_released
+            .store(released.rows, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn finish(&self, sql: &str, outcome: Result<Released, &QueryError>) -> Option<String> {
+        let partly = self
+            .partly_released
+            .load(std::sync::atomic::Ordering::Relaxed);
+        // A run counts once any row left, whether or not the client read
+        // to the end.
         if let Some(run) = self.run
             && let Err(e) = carrow_sql::blocking::off_worker(|| {
-                self.state.requests.finish_run(run, outcome.is_ok())
+                self.state
+                    .requests
+                    .finish_run(run, outcome.is_ok() || partly > 0)
             })
         {
             tracing::error!(run, error = %e, "cannot record the end of a research run");
@@ -929,7 +944,11 @@ impl QueryScope for CoordinatorScope {
         }
         let (outcome_word, error, rows) = match &outcome {
             Ok(r) => ("ok", None, Some(r.rows)),
-            Err(e) => (e.outcome(), Some(e.to_string()), None),
+            Err(e) => (
+                e.outcome(),
+                Some(e.to_string()),
+                (partly > 0).then_some(partly),
+            ),
         };
         self.state.record(json!({
             "kind": "query",

@@ -223,11 +223,14 @@ impl RequestStore {
         if new.purpose.trim().is_empty() {
             return Err(GovernanceError::Invalid("a request needs a purpose".into()));
         }
-        if let Some(date) = &new.expires_on {
-            chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").map_err(|_| {
-                GovernanceError::Invalid(format!("expiry {date:?} is not a date (YYYY-MM-DD)"))
-            })?;
-        }
+        // Kept in one form (zero-padded), so it is read back as the date
+        // it is: `2026-2-1` is 1 February, never a string after `2026-12-31`.
+        let expires_on = new
+            .expires_on
+            .as_deref()
+            .map(|date| parse_date(date).map(|d| d.format("%Y-%m-%d").to_string()))
+            .transpose()
+            .map_err(GovernanceError::Invalid)?;
         if new.max_runs == Some(0) {
             return Err(GovernanceError::Invalid(
                 "max runs must be at least 1".into(),
@@ -245,7 +248,7 @@ impl RequestStore {
                     new.output.as_str(),
                     new.sql,
                     canonical,
-                    new.expires_on,
+                    expires_on,
                     new.max_runs,
                     now()
                 ],
@@ -457,6 +460,12 @@ fn approvals(request: &Request) -> usize {
         .count()
 }
 
+/// A calendar date written YYYY-MM-DD (one-digit months and days too).
+fn parse_date(text: &str) -> Result<chrono::NaiveDate, String> {
+    chrono::NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d")
+        .map_err(|_| format!("expiry {text:?} is not a date (YYYY-MM-DD)"))
+}
+
 /// Why `request` cannot run today, if it cannot.
 fn usable(request: &Request, today: &str) -> Result<(), String> {
     match request.status.as_str() {
@@ -469,10 +478,16 @@ fn usable(request: &Request, today: &str) -> Result<(), String> {
         }
         other => return Err(format!("is {other}")),
     }
-    if let Some(expiry) = &request.expires_on
-        && today > expiry.as_str()
-    {
-        return Err(format!("expired on {expiry}"));
+    if let Some(expiry) = &request.expires_on {
+        // Compared as dates; an expiry that does not read as one (stored
+        // before dates were checked strictly) counts as passed.
+        let expired = match (parse_date(expiry), parse_date(today)) {
+            (Ok(expiry), Ok(today)) => today > expiry,
+            _ => true,
+        };
+        if expired {
+            return Err(format!("expired on {expiry}"));
+        }
     }
     if let Some(max) = request.max_runs
         && request.runs_used >= max
@@ -628,6 +643,27 @@ mod tests {
             .start_run("rita", SQL, "2026-06-30", "q-7")
             .unwrap_err();
         assert!(err.to_string().contains("is revoked"), "{err}");
+    }
+
+    #[test]
+    fn expiry_dates_are_compared_as_dates_whatever_their_padding() {
+        let (_dir, store) = store();
+        let r = store.submit("rita", &new(None, Some("2026-2-1"))).unwrap();
+        assert_eq!(r.expires_on.as_deref(), Some("2026-02-01"));
+        store.decide(r.id, "gus", "approve", None).unwrap();
+        store.decide(r.id, "gina", "approve", None).unwrap();
+        store.start_run("rita", SQL, "2026-01-31", "q-1").unwrap();
+        let err = store
+            .start_run("rita", SQL, "2026-12-01", "q-2")
+            .unwrap_err();
+        assert!(err.to_string().contains("expired on 2026-02-01"), "{err}");
+        let err = store
+            .submit("rita", &new(None, Some("2026-02-30")))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("\"2026-02-30\" is not a date"),
+            "{err}"
+        );
     }
 
     #[test]

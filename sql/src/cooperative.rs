@@ -155,7 +155,14 @@ mod tests {
         let other_ran = Arc::new(AtomicBool::new(false));
         let flag = other_ran.clone();
         runtime.spawn(async move { flag.store(true, Ordering::SeqCst) });
-        std::thread::sleep(Duration::from_millis(500));
+        // Without yield points the worker would run the join for minutes;
+        // with them the other task runs between batches (allow for a busy
+        // machine: other tests share the cores).
+        let mut waited = Duration::ZERO;
+        while !other_ran.load(Ordering::SeqCst) && waited < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+            waited += Duration::from_millis(50);
+        }
         assert!(!computing.is_finished(), "the join cannot have finished");
         assert!(
             other_ran.load(Ordering::SeqCst),

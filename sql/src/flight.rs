@@ -149,6 +149,9 @@ pub trait QueryScope: Send + Sync {
     }
     /// Records the statement's outcome; returns the audit head hash, if any.
     fn finish(&self, sql: &str, outcome: Result<Released, &QueryError>) -> Option<String>;
+    /// Called before a failed [`finish`](Self::finish) when rows had
+    /// already been sent: the client has part of the result.
+    fn released_before_failure(&self, _released: Released) {}
     /// Schema metadata a catalog listing shows for `table` (freshness, ...).
     fn table_metadata(&self, _table: &str) -> HashMap<String, String> {
         HashMap::new()
@@ -894,6 +897,9 @@ fn execute_stream(
             Some(e) => Some(scope.explain_failure(e, Stage::Execution)),
             None => ended,
         };
+        if (err.is_some() || cancelled) && totals.rows > 0 {
+            scope.released_before_failure(totals);
+        }
         if let Some(err) = err {
             scope.finish(&sql, Err(&err));
             let _ = tx.send(Err(err.into())).await;

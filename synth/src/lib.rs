@@ -296,7 +296,9 @@ fn new_password(path: &Path) -> Result<String, SynthError> {
 }
 
 /// A new random machine token in `path`; returns its SHA-256 (hex).
-fn new_token(path: &Path) -> Result<String, SynthError> {
+/// Writes a new caller token (random, hex, mode 0600) to a new file at
+/// `path`; returns the SHA-256 a node's `[[clients]]` entry holds.
+pub fn new_token(path: &Path) -> Result<String, SynthError> {
     Ok(hex::encode(Sha256::digest(
         new_secret_file(path)?.as_bytes(),
     )))

@@ -201,3 +201,65 @@ fn carrow_bench_checks_federated_answers_against_the_central_run_and_links_accur
         .unwrap_or_else(|| panic!("no F1 in {printed}"));
     assert!(f1 >= 0.99, "{printed}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_token_writes_a_caller_token_whose_printed_entry_a_node_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    generate(root, 300, 5);
+    let token = root.join("secrets/analyst.token");
+    let args = |role: &str| {
+        vec![
+            "keys".to_string(),
+            "token".into(),
+            "--out".into(),
+            token.to_str().unwrap().into(),
+            "--name".into(),
+            "analyst".into(),
+            "--role".into(),
+            role.into(),
+        ]
+    };
+    let run_with = |a: Vec<String>| run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let bad = run_with(args("planner"));
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        stderr(&bad).contains("--role \"planner\""),
+        "{}",
+        stderr(&bad)
+    );
+    assert!(!token.exists());
+
+    let out = run_with(args("operator"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        fs::metadata(&token).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let secret = fs::read_to_string(&token).unwrap();
+    assert!(
+        !printed.contains(secret.trim()),
+        "the token itself is never printed"
+    );
+    let entry = &printed[printed.find("[[clients]]").expect("the entry")..];
+    // The printed entry, appended to a node's configuration, lets the
+    // caller in with the token.
+    let config = root.join("gp/node.toml");
+    let text = fs::read_to_string(&config).unwrap();
+    fs::write(&config, format!("{text}\n{entry}")).unwrap();
+    let node = crate::support::NodeProcess::start(&config);
+    let mut analyst = crate::support::client(node.addr, "analyst", &token).await;
+    let rows = crate::support::query(&mut analyst, "SELECT count(*) FROM registrations")
+        .await
+        .unwrap();
+    assert_eq!(rows[0].num_rows(), 1);
+    // And never overwrites.
+    let again = run_with(args("operator"));
+    assert!(
+        stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(fs::read_to_string(&token).unwrap(), secret);
+}

@@ -719,3 +719,53 @@ async fn a_coordinator_killed_mid_work_loses_no_committed_approval_and_its_log_v
     let out = run(&["audit", "verify", log.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_counts_once_rows_were_released_even_if_the_client_stops_reading() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    generate(root, 2_000, 31);
+    let cluster = start(root);
+    let addr = cluster.coordinator.addr;
+    let sql = "SELECT a.birth_year FROM gp.registrations a CROSS JOIN gp.registrations b";
+    let mut researcher = login(addr, root, "researcher").await;
+    let request = action(
+        &mut researcher,
+        "carrow.request.submit",
+        json!({"project": "demo", "purpose": "one look", "output": "extract", "sql": sql, "max_runs": 1}),
+    )
+    .await
+    .unwrap();
+    for reviewer in ["reviewer1", "reviewer2"] {
+        let mut reviewer = login(addr, root, reviewer).await;
+        action(
+            &mut reviewer,
+            "carrow.request.decide",
+            json!({"id": request["id"], "decision": "approve"}),
+        )
+        .await
+        .unwrap();
+    }
+    // The researcher reads one batch of millions of rows, then stops.
+    let mut stream = crate::support::open_stream(&mut researcher, sql).await;
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(first.num_rows() > 0);
+    drop(stream);
+    let log = root.join("coordinator/state/audit.jsonl");
+    let ended = (0..100).find_map(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .find(|l| l.contains("\"finished\"") && l.contains("CROSS JOIN"))
+            .map(str::to_string)
+    });
+    let ended = ended.expect("the cancelled run is recorded");
+    let record: Value = serde_json::from_str(&ended).unwrap();
+    assert_ne!(record["body"]["outcome"], "ok", "{record}");
+    assert!(record["body"]["rows"].as_u64().unwrap() > 0, "{record}");
+    // That was the request's one run.
+    let err = query(&mut researcher, sql).await.unwrap_err();
+    assert!(err.contains("has used all its 1 runs"), "{err}");
+}
