@@ -300,6 +300,14 @@ fn run(command: Command) -> anyhow::Result<()> {
                 format!("loading the linkage secret named in {}", config.display())
             })?;
             if check {
+                let problems = runtime()?.block_on(carrow_node::service::check_references(&cfg));
+                if !problems.is_empty() {
+                    bail!(
+                        "node configuration {} refers to what cannot be opened:\n  {}",
+                        config.display(),
+                        problems.join("\n  ")
+                    );
+                }
                 println!(
                     "node configuration {} is valid: node {:?}, {} published tables",
                     config.display(),

@@ -53,41 +53,37 @@ fn is_pid(expr: &Expr, schema: &DFSchema) -> bool {
 /// Whether an operator of `plan` joins, groups or deduplicates on `pid`
 /// (its answer changes when two pids of one person become one key).
 fn works_on_pid(plan: &LogicalPlan) -> bool {
-    let mut found = false;
-    let _ = plan.apply(|p| {
-        found |= match p {
-            LogicalPlan::Join(join) => {
-                join.on
-                    .iter()
-                    .any(|(l, r)| is_pid(l, join.left.schema()) || is_pid(r, join.right.schema()))
-                    || join
-                        .filter
-                        .as_ref()
-                        .is_some_and(|f| is_pid(f, &join.schema))
-            }
-            LogicalPlan::Aggregate(agg) => agg
-                .group_expr
+    any_operator(plan, |p| match p {
+        LogicalPlan::Join(join) => {
+            join.on
                 .iter()
-                .chain(&agg.aggr_expr)
-                .any(|e| is_pid(e, agg.input.schema())),
-            LogicalPlan::Distinct(distinct) => {
-                let input = distinct.input();
-                input.schema().iter().any(|(q, f)| {
-                    is_pid(
-                        &Expr::Column(Column::new(q.cloned(), f.name())),
-                        input.schema(),
-                    )
-                })
-            }
-            _ => false,
-        };
-        Ok(if found {
-            TreeNodeRecursion::Stop
-        } else {
-            TreeNodeRecursion::Continue
-        })
-    });
-    found
+                .any(|(l, r)| is_pid(l, join.left.schema()) || is_pid(r, join.right.schema()))
+                || join
+                    .filter
+                    .as_ref()
+                    .is_some_and(|f| is_pid(f, &join.schema))
+        }
+        LogicalPlan::Aggregate(agg) => agg
+            .group_expr
+            .iter()
+            .chain(&agg.aggr_expr)
+            .any(|e| is_pid(e, agg.input.schema())),
+        LogicalPlan::Distinct(distinct) => {
+            let input = distinct.input();
+            input.schema().iter().any(|(q, f)| {
+                is_pid(
+                    &Expr::Column(Column::new(q.cloned(), f.name())),
+                    input.schema(),
+                )
+            })
+        }
+        _ => false,
+    })
+}
+
+/// Whether `plan` or an operator under it satisfies `test`.
+fn any_operator(plan: &LogicalPlan, mut test: impl FnMut(&LogicalPlan) -> bool) -> bool {
+    plan.exists(|p| Ok(test(p))).unwrap_or(false)
 }
 
 /// The leaves of `plan`, when they are all published tables of one node and
@@ -166,20 +162,11 @@ pub(crate) fn single_node(plan: &LogicalPlan) -> Option<Vec<Arc<RemoteTable>>> {
 /// Whether a filter (a Filter node or a scan's pushed filter) sits
 /// anywhere under `plan`.
 fn has_filter_below(plan: &LogicalPlan) -> bool {
-    let mut found = false;
-    let _ = plan.apply(|p| {
-        found |= match p {
-            LogicalPlan::Filter(_) => true,
-            LogicalPlan::TableScan(scan) => !scan.filters.is_empty(),
-            _ => false,
-        };
-        Ok(if found {
-            TreeNodeRecursion::Stop
-        } else {
-            TreeNodeRecursion::Continue
-        })
-    });
-    found
+    any_operator(plan, |p| match p {
+        LogicalPlan::Filter(_) => true,
+        LogicalPlan::TableScan(scan) => !scan.filters.is_empty(),
+        _ => false,
+    })
 }
 
 /// Whether a grouping or sort key in `keys` is a constant.
@@ -214,23 +201,16 @@ pub(crate) fn remote_table(scan: &datafusion::logical_expr::TableScan) -> Option
 
 /// Whether sending `plan` saves work over sending its scans alone.
 fn worth_pushing(plan: &LogicalPlan) -> bool {
-    let mut worth = false;
-    let _ = plan.apply(|p| {
-        worth |= matches!(
+    any_operator(plan, |p| {
+        matches!(
             p,
             LogicalPlan::Aggregate(_)
                 | LogicalPlan::Join(_)
                 | LogicalPlan::Sort(_)
                 | LogicalPlan::Limit(_)
                 | LogicalPlan::Distinct(_)
-        );
-        Ok(if worth {
-            TreeNodeRecursion::Stop
-        } else {
-            TreeNodeRecursion::Continue
-        })
-    });
-    worth
+        )
+    })
 }
 
 /// Replaces `plan` by one remote query at the node of `leaves`, or returns

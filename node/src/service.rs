@@ -343,6 +343,29 @@ impl NodeState {
         fresh.then(|| table.clone())
     }
 
+    /// Records a statement refused before it ran; returns the refusal.
+    fn refused(
+        &self,
+        query_id: &str,
+        caller: &Caller,
+        meta: &RequestMeta,
+        project: Option<&str>,
+        sql: &str,
+        e: QueryError,
+    ) -> QueryError {
+        self.record(json!({
+            "query_id": query_id,
+            "upstream_query_id": meta.upstream_query_id,
+            "caller": caller.user,
+            "role": caller.role,
+            "project": project,
+            "sql": sql,
+            "outcome": e.outcome(),
+            "error": e.to_string(),
+        }));
+        e
+    }
+
     /// A fragment planned under another withheld list than this node holds
     /// could release an opted-out person's records: refused until the
     /// coordinator sends the list (it does at every catalog refresh).
@@ -422,6 +445,37 @@ fn broken_source_of<'a>(
         .iter()
         .find(|(name, _)| reads(name))
         .map(|(n, r)| (n.as_str(), r.as_str()))
+}
+
+/// Opens everything `config` refers to without serving: every source, the
+/// opt-out list, the TLS files. Returns each problem, naming the file or
+/// source (for `carrow node --check`).
+pub async fn check_references(config: &NodeConfig) -> Vec<String> {
+    let mut problems = Vec::new();
+    let session = SessionContext::new();
+    for (name, source) in &config.sources {
+        if let Err(reason) = sources::register(&session, name, source).await {
+            problems.push(format!("sources.{name}: {reason}"));
+        }
+    }
+    if let Err(e) = load_opt_outs(config) {
+        problems.push(format!("opt_out_list: {e}"));
+    }
+    if let Some(tls) = &config.tls {
+        let files = [
+            Some(("tls.cert_file", &tls.cert_file)),
+            Some(("tls.key_file", &tls.key_file)),
+            tls.client_ca_file
+                .as_ref()
+                .map(|f| ("tls.client_ca_file", f)),
+        ];
+        for (key, path) in files.into_iter().flatten() {
+            if let Err(e) = std::fs::read(path) {
+                problems.push(format!("{key}: cannot read {}: {e}", path.display()));
+            }
+        }
+    }
+    problems
 }
 
 fn load_opt_outs(config: &NodeConfig) -> Result<Option<Arc<OptOutList>>, NodeError> {
@@ -535,33 +589,20 @@ impl Backend for NodeBackend {
         {
             Ok(p) => p,
             Err(e) => {
-                state.record(json!({
-                    "query_id": query_id,
-                    "upstream_query_id": meta.upstream_query_id,
-                    "caller": caller.user,
-                    "role": caller.role,
-                    "project": meta.project,
-                    "sql": sql,
-                    "outcome": e.outcome(),
-                    "error": e.to_string(),
-                }));
-                return Err(e);
+                return Err(state.refused(
+                    &query_id,
+                    caller,
+                    meta,
+                    meta.project.as_deref(),
+                    sql,
+                    e,
+                ));
             }
         };
         let recorder = Arc::new(AccessRecorder::default());
         let session = state.session(&project, &recorder)?;
         if let Err(e) = state.check_withheld_version(&project, meta) {
-            state.record(json!({
-                "query_id": query_id,
-                "upstream_query_id": meta.upstream_query_id,
-                "caller": caller.user,
-                "role": caller.role,
-                "project": project,
-                "sql": sql,
-                "outcome": e.outcome(),
-                "error": e.to_string(),
-            }));
-            return Err(e);
+            return Err(state.refused(&query_id, caller, meta, Some(&project), sql, e));
         }
         if meta.linkage {
             // Field tokens are weaker pseudonyms than pid: only the
@@ -574,17 +615,7 @@ impl Backend for NodeBackend {
                         caller.user
                     ),
                 );
-                state.record(json!({
-                    "query_id": query_id,
-                    "upstream_query_id": meta.upstream_query_id,
-                    "caller": caller.user,
-                    "role": caller.role,
-                    "project": project,
-                    "sql": sql,
-                    "outcome": e.outcome(),
-                    "error": e.to_string(),
-                }));
-                return Err(e);
+                return Err(state.refused(&query_id, caller, meta, Some(&project), sql, e));
             }
             state.add_token_table(&session, &project, &recorder).await?;
         }

@@ -263,3 +263,20 @@ async fn keys_token_writes_a_caller_token_whose_printed_entry_a_node_accepts() {
     );
     assert_eq!(fs::read_to_string(&token).unwrap(), secret);
 }
+
+#[test]
+fn node_check_opens_every_source_and_names_the_one_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    generate(dir.path(), 200, 6);
+    let config = dir.path().join("council/node.toml");
+    let ok = run(&["node", "--config", config.to_str().unwrap(), "--check"]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    fs::remove_file(dir.path().join("council/care_packages.csv")).unwrap();
+    let out = run(&["node", "--config", config.to_str().unwrap(), "--check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("sources.care_packages") && err.contains("care_packages.csv"),
+        "{err}"
+    );
+}

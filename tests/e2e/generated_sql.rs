@@ -17,8 +17,7 @@ use rand_chacha::ChaCha8Rng;
 use carrow_node::config::ColumnType;
 use carrow_synth::tpch::{NODES, columns};
 
-use crate::coordinator::start_coordinator_at;
-use crate::support::{NodeProcess, client};
+use crate::support::client;
 use crate::tpch::{central, federated, same_answer};
 
 /// What a column or expression holds, for type-correct generation.
@@ -643,24 +642,8 @@ async fn generated_queries_match_one_datafusion_and_crash_nothing() {
     let seed = setting("CARROW_GENERATED_SEED", 20_261_202);
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let out = crate::support::run(&[
-        "generate",
-        "--tpch",
-        "0.01",
-        "--out",
-        root.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", crate::support::stderr(&out));
-    let mut nodes: Vec<NodeProcess> = NODES
-        .iter()
-        .map(|(node, _)| NodeProcess::start(&root.join(node).join("node.toml")))
-        .collect();
-    let addrs: Vec<(&str, std::net::SocketAddr)> = NODES
-        .iter()
-        .zip(&nodes)
-        .map(|((n, _), p)| (*n, p.addr))
-        .collect();
-    let mut coordinator = start_coordinator_at(root, &addrs, |_| {});
+    crate::tpch::generate_tpch(root);
+    let (mut nodes, mut coordinator) = crate::tpch::start_tpch(root, |_| {});
     let ctx = central(root).await;
     let mut planner = client(
         coordinator.addr,

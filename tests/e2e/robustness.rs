@@ -364,34 +364,17 @@ fn peak_mib(pid: u32) -> f64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_query_beyond_its_memory_fails_alone_and_the_process_stays_within_its_limit() {
-    use carrow_synth::tpch::NODES;
     let dir = tempfile::tempdir().unwrap();
     let root: &Path = dir.path();
-    let out = crate::support::run(&[
-        "generate",
-        "--tpch",
-        "0.01",
-        "--out",
-        root.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", crate::support::stderr(&out));
+    crate::tpch::generate_tpch(root);
     // The sales node gets a small per-query pool too.
     let sales = root.join("sales/node.toml");
     let config = std::fs::read_to_string(&sales).unwrap();
     let smaller = config.replace("query_memory_mb = 1024", "query_memory_mb = 64");
     assert_ne!(smaller, config);
     std::fs::write(&sales, smaller).unwrap();
-    let nodes: Vec<NodeProcess> = NODES
-        .iter()
-        .map(|(node, _)| NodeProcess::start(&root.join(node).join("node.toml")))
-        .collect();
-    let addrs: Vec<(&str, std::net::SocketAddr)> = NODES
-        .iter()
-        .zip(&nodes)
-        .map(|((n, _), p)| (*n, p.addr))
-        .collect();
     let (memory_limit_mb, query_memory_mb) = (512, 64);
-    let coordinator = crate::coordinator::start_coordinator_at(root, &addrs, |c| {
+    let (nodes, coordinator) = crate::tpch::start_tpch(root, |c| {
         c.memory_limit_mb = memory_limit_mb;
         c.query_memory_mb = query_memory_mb;
     });

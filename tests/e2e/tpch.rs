@@ -59,6 +59,37 @@ pub(crate) async fn central(root: &Path) -> SessionContext {
     ctx
 }
 
+/// TPC-H at the tests' scale factor, generated into `root`.
+pub(crate) fn generate_tpch(root: &Path) {
+    let out = crate::support::run(&[
+        "generate",
+        "--tpch",
+        SCALE_FACTOR,
+        "--out",
+        root.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", crate::support::stderr(&out));
+}
+
+/// The three TPC-H nodes of `root` (in [`NODES`] order) and a coordinator
+/// over them, its configuration changed by `change`.
+pub(crate) fn start_tpch(
+    root: &Path,
+    change: impl FnOnce(&mut carrow_coordinator::CoordinatorConfig),
+) -> (Vec<NodeProcess>, crate::coordinator::CoordinatorProcess) {
+    let nodes: Vec<NodeProcess> = NODES
+        .iter()
+        .map(|(node, _)| NodeProcess::start(&root.join(node).join("node.toml")))
+        .collect();
+    let addrs: Vec<(&str, std::net::SocketAddr)> = NODES
+        .iter()
+        .zip(&nodes)
+        .map(|((n, _), p)| (*n, p.addr))
+        .collect();
+    let coordinator = start_coordinator_at(root, &addrs, change);
+    (nodes, coordinator)
+}
+
 /// A cell for comparison: numbers within a relative 1e-9 (float sums
 /// depend on the order rows arrive in), decimals within one unit of their
 /// last place (a decimal average is rounded at its scale, and partial
@@ -254,24 +285,8 @@ const ANALYTICAL: &[&str] = &[
 async fn all_22_tpch_queries_over_three_nodes_equal_one_datafusion() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let out = crate::support::run(&[
-        "generate",
-        "--tpch",
-        SCALE_FACTOR,
-        "--out",
-        root.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", crate::support::stderr(&out));
-    let nodes: Vec<NodeProcess> = NODES
-        .iter()
-        .map(|(node, _)| NodeProcess::start(&root.join(node).join("node.toml")))
-        .collect();
-    let addrs: Vec<(&str, std::net::SocketAddr)> = NODES
-        .iter()
-        .zip(&nodes)
-        .map(|((n, _), p)| (*n, p.addr))
-        .collect();
-    let coordinator = start_coordinator_at(root, &addrs, |_| {});
+    generate_tpch(root);
+    let (_nodes, coordinator) = start_tpch(root, |_| {});
     let ctx = Arc::new(central(root).await);
     let mut planner = client(
         coordinator.addr,
