@@ -321,6 +321,14 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Coordinator { config, check } => {
             let cfg = config::load_coordinator(&config)?;
             if check {
+                let problems = cfg.check_references();
+                if !problems.is_empty() {
+                    bail!(
+                        "coordinator configuration {} refers to what cannot be opened:\n  {}",
+                        config.display(),
+                        problems.join("\n  ")
+                    );
+                }
                 println!(
                     "coordinator configuration {} is valid: {} nodes",
                     config.display(),

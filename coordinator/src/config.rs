@@ -314,6 +314,36 @@ impl CoordinatorConfig {
 }
 
 impl CoordinatorConfig {
+    /// Opens every file the configuration refers to without serving: each
+    /// node's token file and the cell-key secret, if it exists yet. Returns
+    /// each problem, naming the key and the file (for `--check`).
+    pub fn check_references(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            match std::fs::read_to_string(&node.token_file) {
+                Ok(token) if token.trim().is_empty() => problems.push(format!(
+                    "nodes[{i}].token_file: {} is empty",
+                    node.token_file.display()
+                )),
+                Ok(_) => {}
+                Err(e) => problems.push(format!(
+                    "nodes[{i}].token_file: cannot read {}: {e}",
+                    node.token_file.display()
+                )),
+            }
+        }
+        let cell_key = self.cell_key_secret_file();
+        if cell_key.exists()
+            && let Err(e) = std::fs::read(&cell_key)
+        {
+            problems.push(format!(
+                "disclosure.cell_key_secret_file: cannot read {}: {e}",
+                cell_key.display()
+            ));
+        }
+        problems
+    }
+
     /// Whether `user` may query `project`, or why not.
     pub fn may_use(&self, user: &str, project: &str) -> Result<(), String> {
         let listed = self

@@ -280,3 +280,30 @@ fn node_check_opens_every_source_and_names_the_one_missing() {
         "{err}"
     );
 }
+
+#[test]
+fn coordinator_check_reads_every_node_token_and_names_the_one_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    generate(dir.path(), 200, 6);
+    let config = dir.path().join("coordinator/coordinator.toml");
+    let ok = run(&[
+        "coordinator",
+        "--config",
+        config.to_str().unwrap(),
+        "--check",
+    ]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    fs::remove_file(dir.path().join("secrets/coordinator-gp.token")).unwrap();
+    let out = run(&[
+        "coordinator",
+        "--config",
+        config.to_str().unwrap(),
+        "--check",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("nodes[1].token_file") && err.contains("coordinator-gp.token"),
+        "{err}"
+    );
+}
