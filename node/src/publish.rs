@@ -29,14 +29,18 @@ use crate::config::{
     TableConfig,
 };
 use crate::pid::PID_ARGS;
-use crate::withheld::{Withheld, WithheldFunction};
+use crate::withheld::{ObjectedFunction, Withheld, WithheldFunction};
 
 /// A published table for one project: its plan beneath the boundary.
 #[derive(Debug)]
 pub struct PublishedTable {
     pub name: String,
     pub personal: bool,
+    /// The rows beneath the boundary; with `has_objections`, a hidden
+    /// [`OBJECTED_COLUMN`] marks rows of people whose objection applies.
     pub plan: LogicalPlan,
+    pub has_objections: bool,
+    /// What queries see (never the hidden column).
     pub schema: SchemaRef,
     /// For a personal table: `pid` and the raw identifier columns as text
     /// (named by kind), opt-outs removed. Only the linkage token table
@@ -49,6 +53,9 @@ pub struct PublishedTable {
     /// The project's pids withheld for objections recorded elsewhere.
     pub withheld: Option<Arc<Withheld>>,
 }
+
+/// The hidden column marking rows with an objection that applies.
+pub const OBJECTED_COLUMN: &str = "carrow_objected";
 
 /// The identifier columns of an identities plan, after `pid`, in order
 /// (named by kind).
@@ -181,7 +188,7 @@ impl PublishedTable {
         table: &TableConfig,
         functions: &BoundaryFunctions,
     ) -> Result<Self> {
-        let mut df = local_rows(sources, table).await?;
+        let df = local_rows(sources, table).await?;
         let national = objection(table, functions, OptOutKind::National);
         // The register: identities of the people this table records as
         // opted out, for the coordinator to find them at other nodes.
@@ -193,21 +200,25 @@ impl PublishedTable {
             )?),
             _ => None,
         };
-        // Opt-outs first, so nothing above the boundary ever sees those rows.
-        if let Some(objected) = national
-            && functions.purpose.opt_out_exempt.is_none()
-        {
-            df = df.filter(datafusion::logical_expr::not(objected))?;
-        }
-        if let Some(objected) = objection(table, functions, OptOutKind::Type1)
-            && !functions.purpose.direct_care
-        {
-            df = df.filter(datafusion::logical_expr::not(objected))?;
-        }
-        let identities = if table.personal {
-            Some(identities_of(df.clone(), table, functions)?)
-        } else {
-            None
+        // The objections that apply to this project's purpose. Rows that
+        // carry one are marked in a hidden column, removed by every query's
+        // scan (which counts them for the audit log) before anything above
+        // the boundary sees them.
+        let applies = [
+            national.filter(|_| functions.purpose.opt_out_exempt.is_none()),
+            objection(table, functions, OptOutKind::Type1)
+                .filter(|_| !functions.purpose.direct_care),
+        ];
+        let objected = applies.into_iter().flatten().reduce(Expr::or);
+        let identities = match (&objected, table.personal) {
+            (_, false) => None,
+            (Some(o), true) => Some(identities_of(
+                df.clone()
+                    .filter(datafusion::logical_expr::not(o.clone()))?,
+                table,
+                functions,
+            )?),
+            (None, true) => Some(identities_of(df.clone(), table, functions)?),
         };
         let mut exprs = Vec::new();
         if table.personal {
@@ -216,12 +227,25 @@ impl PublishedTable {
         for column in &table.columns {
             exprs.push(column_expr(&df, column)?);
         }
+        let has_objections = objected.is_some();
+        if let Some(o) = objected {
+            exprs.push(o.alias(OBJECTED_COLUMN));
+        }
         let df = df.select(exprs)?;
-        let schema = Arc::new(df.schema().as_arrow().clone());
+        let arrow = df.schema().as_arrow();
+        let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(
+            arrow
+                .fields()
+                .iter()
+                .filter(|f| f.name() != OBJECTED_COLUMN)
+                .cloned()
+                .collect::<Vec<_>>(),
+        ));
         Ok(Self {
             name: table.name.clone(),
             personal: table.personal,
             plan: df.into_unoptimized_plan(),
+            has_objections,
             schema,
             identities,
             register,
@@ -316,8 +340,15 @@ impl TableProvider for BoundaryTable {
         // The query's filters go above the opt-out filter, beneath the
         // projection; the optimizer pushes them on into the source.
         let mut builder = LogicalPlanBuilder::from(self.published.plan.clone());
-        // Records of persons who objected at another organisation, counted
-        // for this query's audit record.
+        // Records of people who objected here, first, counted for this
+        // query's audit record.
+        if self.published.has_objections {
+            let function = ObjectedFunction::udf(self.recorder.clone());
+            builder = builder.filter(datafusion::logical_expr::not(
+                function.call(vec![col(Column::new_unqualified(OBJECTED_COLUMN))]),
+            ))?;
+        }
+        // Then of persons who objected at another organisation.
         if let Some(withheld) = &self.published.withheld {
             let function = WithheldFunction::udf(withheld.clone(), self.recorder.clone());
             builder = builder.filter(datafusion::logical_expr::not(

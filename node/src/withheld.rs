@@ -235,6 +235,68 @@ impl ScalarUDFImpl for WithheldFunction {
     }
 }
 
+/// `carrow_objected(flag)`: the flag itself (null as false), counting the
+/// true ones in the query's recorder: rows withheld for objections the node
+/// records itself. Embedded in one query's plan, never registered by name.
+#[derive(Debug)]
+pub struct ObjectedFunction {
+    recorder: Arc<AccessRecorder>,
+    signature: Signature,
+}
+
+impl ObjectedFunction {
+    /// The function counting into `recorder`.
+    pub fn udf(recorder: Arc<AccessRecorder>) -> Arc<ScalarUDF> {
+        let signature = Signature::exact(vec![DataType::Boolean], Volatility::Volatile);
+        Arc::new(ScalarUDF::from(Self {
+            recorder,
+            signature,
+        }))
+    }
+}
+
+impl PartialEq for ObjectedFunction {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.recorder, &other.recorder)
+    }
+}
+impl Eq for ObjectedFunction {}
+impl Hash for ObjectedFunction {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        Arc::as_ptr(&self.recorder).hash(state);
+    }
+}
+
+impl ScalarUDFImpl for ObjectedFunction {
+    fn name(&self) -> &str {
+        "carrow_objected"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let flags = arrays[0]
+            .as_any()
+            .downcast_ref::<BooleanArray>()
+            .ok_or_else(|| DataFusionError::Internal("carrow_objected takes a flag".into()))?;
+        let objected: BooleanArray = (0..flags.len())
+            .map(|i| Some(flags.is_valid(i) && flags.value(i)))
+            .collect();
+        let count = objected.true_count() as u64;
+        if count > 0 {
+            self.recorder.count_withheld(count);
+        }
+        Ok(ColumnarValue::Array(Arc::new(objected)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

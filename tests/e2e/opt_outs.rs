@@ -194,6 +194,24 @@ async fn objections_recorded_at_the_gp_keep_every_organisations_records_back() {
         );
     }
 
+    // The GP's audit log counts, per fragment, the records it withheld for
+    // the objections it records itself.
+    let gp_log = std::fs::read_to_string(root.join("gp/audit.jsonl")).unwrap();
+    let last_count = gp_log
+        .lines()
+        .rev()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| {
+            r["body"]["phase"] == "finished"
+                && r["body"]["sql"] == "SELECT count(*) FROM registrations"
+        })
+        .unwrap();
+    assert_eq!(
+        last_count["body"]["withheld_for_opt_outs"],
+        truth(root, "gp", "patients", true, false).await,
+        "{last_count}"
+    );
+
     // The council's audit log counts the records it withheld per fragment,
     // for the board; its list names no other organisation.
     let list = std::fs::read_to_string(root.join("council/withheld-demo.json")).unwrap();
