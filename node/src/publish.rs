@@ -29,7 +29,7 @@ use crate::config::{
     TableConfig,
 };
 use crate::pid::PID_ARGS;
-use crate::withheld::{ObjectedFunction, Withheld, WithheldFunction};
+use crate::withheld::{Withheld, WithholdFunction};
 
 /// A published table for one project: its plan beneath the boundary.
 #[derive(Debug)]
@@ -343,14 +343,14 @@ impl TableProvider for BoundaryTable {
         // Records of people who objected here, first, counted for this
         // query's audit record.
         if self.published.has_objections {
-            let function = ObjectedFunction::udf(self.recorder.clone());
+            let function = WithholdFunction::flagged(self.recorder.clone());
             builder = builder.filter(datafusion::logical_expr::not(
                 function.call(vec![col(Column::new_unqualified(OBJECTED_COLUMN))]),
             ))?;
         }
         // Then of persons who objected at another organisation.
         if let Some(withheld) = &self.published.withheld {
-            let function = WithheldFunction::udf(withheld.clone(), self.recorder.clone());
+            let function = WithholdFunction::listed(withheld.clone(), self.recorder.clone());
             builder = builder.filter(datafusion::logical_expr::not(
                 function.call(vec![col(Column::new_unqualified(PID_COLUMN))]),
             ))?;

@@ -168,108 +168,62 @@ fn parse_pids(pids: &[String]) -> Result<HashSet<Token>, NodeError> {
         .collect()
 }
 
-/// `carrow_withheld(pid)`: true for a pid on the list; counts them in the
-/// query's recorder, for the audit log. Embedded in one query's plan,
-/// never registered by name.
+/// What a [`WithholdFunction`] tests each row for.
 #[derive(Debug)]
-pub struct WithheldFunction {
-    withheld: Arc<Withheld>,
+enum Test {
+    /// Its pid is on the list of persons who objected elsewhere.
+    Listed(Arc<Withheld>),
+    /// Its flag says the person objected here (null: no).
+    Flagged,
+}
+
+/// `carrow_withhold(pid)` or `carrow_withhold(flag)`: true for a row to
+/// withhold, counting those in the query's recorder for the audit log.
+/// Embedded in one query's plan, never registered by name.
+#[derive(Debug)]
+pub struct WithholdFunction {
+    test: Test,
     recorder: Arc<AccessRecorder>,
     signature: Signature,
 }
 
-impl WithheldFunction {
-    /// The function over `withheld`, counting into `recorder`.
-    pub fn udf(withheld: Arc<Withheld>, recorder: Arc<AccessRecorder>) -> Arc<ScalarUDF> {
-        let signature = Signature::exact(
-            vec![DataType::FixedSizeBinary(TOKEN_LEN as i32)],
-            Volatility::Volatile,
-        );
+impl WithholdFunction {
+    /// True for pids on `withheld`'s list, counting into `recorder`.
+    pub fn listed(withheld: Arc<Withheld>, recorder: Arc<AccessRecorder>) -> Arc<ScalarUDF> {
+        let pid = DataType::FixedSizeBinary(TOKEN_LEN as i32);
+        Self::udf(Test::Listed(withheld), pid, recorder)
+    }
+
+    /// True where the flag is, counting into `recorder`.
+    pub fn flagged(recorder: Arc<AccessRecorder>) -> Arc<ScalarUDF> {
+        Self::udf(Test::Flagged, DataType::Boolean, recorder)
+    }
+
+    fn udf(test: Test, argument: DataType, recorder: Arc<AccessRecorder>) -> Arc<ScalarUDF> {
+        let signature = Signature::exact(vec![argument], Volatility::Volatile);
         Arc::new(ScalarUDF::from(Self {
-            withheld,
+            test,
             recorder,
             signature,
         }))
     }
 }
 
-impl PartialEq for WithheldFunction {
+impl PartialEq for WithholdFunction {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.withheld, &other.withheld) && Arc::ptr_eq(&self.recorder, &other.recorder)
+        std::ptr::eq(self, other)
     }
 }
-impl Eq for WithheldFunction {}
-impl Hash for WithheldFunction {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        Arc::as_ptr(&self.withheld).hash(state);
-    }
-}
-
-impl ScalarUDFImpl for WithheldFunction {
-    fn name(&self) -> &str {
-        "carrow_withheld"
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Boolean)
-    }
-
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-        let pids = arrays[0]
-            .as_any()
-            .downcast_ref::<FixedSizeBinaryArray>()
-            .ok_or_else(|| DataFusionError::Internal("carrow_withheld takes a pid".into()))?;
-        let withheld: BooleanArray = (0..pids.len())
-            .map(|i| Some(!pids.is_null(i) && self.withheld.contains(pids.value(i))))
-            .collect();
-        let count = withheld.true_count() as u64;
-        if count > 0 {
-            self.recorder.count_withheld(count);
-        }
-        Ok(ColumnarValue::Array(Arc::new(withheld)))
-    }
-}
-
-/// `carrow_objected(flag)`: the flag itself (null as false), counting the
-/// true ones in the query's recorder: rows withheld for objections the node
-/// records itself. Embedded in one query's plan, never registered by name.
-#[derive(Debug)]
-pub struct ObjectedFunction {
-    recorder: Arc<AccessRecorder>,
-    signature: Signature,
-}
-
-impl ObjectedFunction {
-    /// The function counting into `recorder`.
-    pub fn udf(recorder: Arc<AccessRecorder>) -> Arc<ScalarUDF> {
-        let signature = Signature::exact(vec![DataType::Boolean], Volatility::Volatile);
-        Arc::new(ScalarUDF::from(Self {
-            recorder,
-            signature,
-        }))
-    }
-}
-
-impl PartialEq for ObjectedFunction {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.recorder, &other.recorder)
-    }
-}
-impl Eq for ObjectedFunction {}
-impl Hash for ObjectedFunction {
+impl Eq for WithholdFunction {}
+impl Hash for WithholdFunction {
     fn hash<H: Hasher>(&self, state: &mut H) {
         Arc::as_ptr(&self.recorder).hash(state);
     }
 }
 
-impl ScalarUDFImpl for ObjectedFunction {
+impl ScalarUDFImpl for WithholdFunction {
     fn name(&self) -> &str {
-        "carrow_objected"
+        "carrow_withhold"
     }
 
     fn signature(&self) -> &Signature {
@@ -282,18 +236,32 @@ impl ScalarUDFImpl for ObjectedFunction {
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-        let flags = arrays[0]
-            .as_any()
-            .downcast_ref::<BooleanArray>()
-            .ok_or_else(|| DataFusionError::Internal("carrow_objected takes a flag".into()))?;
-        let objected: BooleanArray = (0..flags.len())
-            .map(|i| Some(flags.is_valid(i) && flags.value(i)))
-            .collect();
-        let count = objected.true_count() as u64;
+        let wrong = || DataFusionError::Internal("carrow_withhold: unexpected argument".into());
+        let withhold: BooleanArray = match &self.test {
+            Test::Listed(withheld) => {
+                let pids = arrays[0]
+                    .as_any()
+                    .downcast_ref::<FixedSizeBinaryArray>()
+                    .ok_or_else(wrong)?;
+                (0..pids.len())
+                    .map(|i| Some(!pids.is_null(i) && withheld.contains(pids.value(i))))
+                    .collect()
+            }
+            Test::Flagged => {
+                let flags = arrays[0]
+                    .as_any()
+                    .downcast_ref::<BooleanArray>()
+                    .ok_or_else(wrong)?;
+                (0..flags.len())
+                    .map(|i| Some(flags.is_valid(i) && flags.value(i)))
+                    .collect()
+            }
+        };
+        let count = withhold.true_count() as u64;
         if count > 0 {
             self.recorder.count_withheld(count);
         }
-        Ok(ColumnarValue::Array(Arc::new(objected)))
+        Ok(ColumnarValue::Array(Arc::new(withhold)))
     }
 }
 
