@@ -163,6 +163,10 @@ pub fn reconcile_logs(coordinator: PathBuf, nodes: Vec<String>) -> anyhow::Resul
         println!("MISMATCH {problem}");
     }
     println!(
+        "{} checkpoints each log holds of another verified; {} consistency proofs verified",
+        result.checkpoints, result.proofs
+    );
+    println!(
         "{} fragments matched between the coordinator and {} node logs; {} problems",
         result.matched,
         nodes.len(),

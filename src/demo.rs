@@ -162,21 +162,47 @@ async fn run_in(dir: &Path, people: usize, seed: u64) -> anyhow::Result<()> {
     println!("\n== audit: the coordinator logged every query, each node every fragment it served");
     let report = carrow_governance::verify_file(cluster.coordinator.state.audit().path())?;
     println!(
-        "   coordinator   {} records, chain intact, head {}",
+        "   coordinator   {} records, chain and signed checkpoints intact, root {}",
         report.records,
-        &report.head[..16]
+        root_of(&report)
     );
+    let mut logs = Vec::new();
     for node in &cluster.nodes {
         let report = carrow_governance::verify_file(node.state.audit().path())?;
         println!(
-            "   node {:<8} {} records, chain intact, head {}",
+            "   node {:<8} {} records, chain and signed checkpoints intact, root {}",
             node.state.name(),
             report.records,
-            &report.head[..16]
+            root_of(&report)
         );
+        logs.push((
+            node.state.name().to_string(),
+            node.state.audit().path().to_path_buf(),
+        ));
     }
+    let reconciled =
+        carrow_governance::reconcile::reconcile(cluster.coordinator.state.audit().path(), &logs)?;
+    anyhow::ensure!(
+        reconciled.problems.is_empty(),
+        "the audit logs do not reconcile: {}",
+        reconciled.problems.join("; ")
+    );
+    println!(
+        "   reconciled: {} fragments in both logs; {} checkpoints each side holds of the other verified, \
+         {} consistency proofs",
+        reconciled.matched, reconciled.checkpoints, reconciled.proofs
+    );
 
     cluster.stop().await
+}
+
+/// The first 16 hex digits of a log's latest signed Merkle root.
+fn root_of(report: &carrow_governance::ChainReport) -> String {
+    report
+        .checkpoint
+        .as_ref()
+        .map(|c| hex::encode(&c.root[..8]))
+        .unwrap_or_else(|| "(empty)".into())
 }
 
 /// Logs in as the generated researcher after submitting each of `sqls` as a

@@ -407,6 +407,15 @@ fn run(command: Command) -> anyhow::Result<()> {
                 report.records,
                 report.head
             );
+            if let Some(checkpoint) = &report.checkpoint {
+                println!(
+                    "every record's checkpoint verifies: log of {}, signed by key {}, Merkle root {} at {} records",
+                    checkpoint.origin,
+                    hex::encode(checkpoint.key),
+                    hex::encode(checkpoint.root),
+                    checkpoint.size
+                );
+            }
             if !report.unfinished.is_empty() {
                 println!(
                     "{} statements were recorded as started with no outcome (the process stopped while running them): {}",

@@ -24,6 +24,10 @@ pub struct CoordinatorConfig {
     pub listen: String,
     /// Directory for the audit log and the requests database.
     pub state_dir: PathBuf,
+    /// The Ed25519 key signing the audit log's checkpoints (64 hex digits,
+    /// mode 0600); default `state_dir/audit.key`, made at first start.
+    #[serde(default)]
+    pub audit_key: Option<PathBuf>,
     /// Project used when a query names none.
     pub default_project: String,
     /// Milliseconds to wait for a node connection.
@@ -295,10 +299,22 @@ impl CoordinatorConfig {
             .unwrap_or_else(|| self.state_dir.join("cell-key.secret"))
     }
 
+    /// The audit signing key's file.
+    pub fn audit_key_file(&self) -> PathBuf {
+        self.audit_key
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("audit.key"))
+    }
+
     /// Resolves relative paths against `base`, the config file's directory.
     pub fn resolve_paths(&mut self, base: &Path) {
         if self.state_dir.is_relative() {
             self.state_dir = base.join(&self.state_dir);
+        }
+        if let Some(file) = &mut self.audit_key
+            && file.is_relative()
+        {
+            *file = base.join(&*file);
         }
         if let Some(file) = &mut self.disclosure.cell_key_secret_file
             && file.is_relative()

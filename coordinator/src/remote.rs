@@ -14,7 +14,8 @@ use arrow_flight::sql::client::FlightSqlServiceClient;
 use async_trait::async_trait;
 use carrow_sql::QueryError;
 use carrow_sql::flight::{
-    LINKAGE_HEADER, OPT_OUT_VERSION_HEADER, PROJECT_HEADER, QUERY_ID_HEADER, RECEIPT_HEADER,
+    CHECKPOINT_HEADER, LINKAGE_HEADER, OPT_OUT_VERSION_HEADER, PROJECT_HEADER, QUERY_ID_HEADER,
+    RECEIPT_HEADER, TRACEPARENT_HEADER,
 };
 use datafusion::arrow::array::{BinaryArray, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
@@ -39,6 +40,11 @@ use crate::config::NodeEndpoint;
 pub struct FragmentContext {
     pub project: String,
     pub query_id: String,
+    /// The query's trace id, sent to nodes as W3C `traceparent`.
+    pub trace_id: Option<String>,
+    /// The coordinator's latest signed audit checkpoint, which each node
+    /// records beside the fragment.
+    pub checkpoint: Option<String>,
     /// `SET carrow.allow_partial = true`: leave out unreachable nodes.
     pub allow_partial: bool,
     /// What each node contributed.
@@ -49,12 +55,36 @@ pub struct FragmentContext {
 }
 
 impl FragmentContext {
+    /// The headers every request of this query's fragments carries.
+    fn headers(&self) -> Vec<(&'static str, String)> {
+        let mut headers = vec![
+            (PROJECT_HEADER, self.project.clone()),
+            (QUERY_ID_HEADER, self.query_id.clone()),
+            // The node's receipt anchors its audit log in the coordinator's.
+            (RECEIPT_HEADER, "1".to_string()),
+        ];
+        // The node refuses a fragment planned under another withheld list
+        // than it holds: an opted-out person is never released.
+        if let Some(version) = self.linkage.as_ref().and_then(|l| l.opt_out_version()) {
+            headers.push((OPT_OUT_VERSION_HEADER, version.to_string()));
+        }
+        if let Some(checkpoint) = &self.checkpoint {
+            headers.push((CHECKPOINT_HEADER, checkpoint.clone()));
+        }
+        if let Some(trace) = &self.trace_id {
+            headers.push((TRACEPARENT_HEADER, carrow_sql::flight::traceparent(trace)));
+        }
+        headers
+    }
+
     /// The context of the coordinator's own request to a node (`purpose`:
     /// catalog, linkage), which is no user's query.
     fn internal(project: &str, purpose: &str) -> Self {
         Self {
             project: project.to_string(),
             query_id: purpose.to_string(),
+            trace_id: None,
+            checkpoint: None,
             allow_partial: false,
             coverage: Arc::new(Coverage::default()),
             linkage: None,
@@ -92,6 +122,9 @@ pub struct FragmentRecord {
     /// fragment, from the node's receipt.
     pub node_query_id: Option<String>,
     pub node_audit_head: Option<String>,
+    /// The node's signed audit checkpoint after recording the fragment:
+    /// this log pins the node's (`carrow audit reconcile`).
+    pub node_checkpoint: Option<String>,
 }
 
 /// The coverage manifest of one query: every node it needed, and every
@@ -232,15 +265,9 @@ impl NodeClient {
             }
             None => self.login().await?,
         };
-        client.set_header(PROJECT_HEADER, context.project.clone());
-        client.set_header(QUERY_ID_HEADER, context.query_id.clone());
-        // The node refuses a fragment planned under another withheld list
-        // than it holds: an opted-out person is never released.
-        if let Some(version) = context.linkage.as_ref().and_then(|l| l.opt_out_version()) {
-            client.set_header(OPT_OUT_VERSION_HEADER, version.to_string());
+        for (name, value) in context.headers() {
+            client.set_header(name, value);
         }
-        // The node's receipt anchors its audit log in the coordinator's.
-        client.set_header(RECEIPT_HEADER, "1");
         Ok(client)
     }
 
@@ -475,6 +502,7 @@ impl NodeClient {
             rows: 0,
             node_query_id: None,
             node_audit_head: None,
+            node_checkpoint: None,
         };
         let doing = "failed the fragment";
         let info = match client.execute(sql.clone(), None).await {
@@ -546,6 +574,7 @@ impl NodeClient {
             rows: 0,
             node_query_id: None,
             node_audit_head: None,
+            node_checkpoint: None,
         };
         let name = self.name.clone();
         let coverage = context.coverage.clone();
@@ -655,15 +684,12 @@ async fn raw_do_get(
     context: &FragmentContext,
 ) -> Result<tonic::Streaming<arrow_flight::FlightData>, tonic::Status> {
     let mut request = tonic::Request::new(ticket);
-    let headers = [
-        (
-            "authorization",
-            client.token().map(|t| format!("Bearer {t}")),
-        ),
-        (PROJECT_HEADER, Some(context.project.clone())),
-        (QUERY_ID_HEADER, Some(context.query_id.clone())),
-        (RECEIPT_HEADER, Some("1".to_string())),
-    ];
+    let headers = [(
+        "authorization",
+        client.token().map(|t| format!("Bearer {t}")),
+    )]
+    .into_iter()
+    .chain(context.headers().into_iter().map(|(k, v)| (k, Some(v))));
     for (key, value) in headers {
         if let Some(value) = value
             && let Ok(value) = value.parse()
@@ -674,13 +700,14 @@ async fn raw_do_get(
     Ok(client.inner_mut().do_get(request).await?.into_inner())
 }
 
-/// Fills `fragment` from a node's receipt: `{"query_id", "rows", "audit_head"}`.
+/// Fills `fragment` from a node's receipt: `{"query_id", "rows", "audit_head", "checkpoint"}`.
 fn read_receipt(fragment: &mut FragmentRecord, metadata: &[u8]) {
     let Ok(receipt) = serde_json::from_slice::<serde_json::Value>(metadata) else {
         return;
     };
     fragment.node_query_id = receipt["query_id"].as_str().map(str::to_string);
     fragment.node_audit_head = receipt["audit_head"].as_str().map(str::to_string);
+    fragment.node_checkpoint = receipt["checkpoint"].as_str().map(str::to_string);
 }
 
 /// What a remote table reads at its node: a published table, or a query

@@ -11,7 +11,7 @@ use std::time::Instant;
 use carrow_governance::disclosure::RecordKeys;
 use carrow_governance::roles::verify_password;
 use carrow_governance::{AuditLog, GovernanceError, NewRequest, Output, RequestStore, Role, Rules};
-use carrow_sql::flight::Stage;
+use carrow_sql::flight::{AuditMark, Stage};
 use carrow_sql::{Backend, Caller, QueryError, QueryScope, Released, RequestMeta};
 use datafusion::catalog::{
     CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider,
@@ -44,6 +44,8 @@ pub const COVERAGE_KEY: &str = "carrow.coverage";
 pub const DISCLOSURE_KEY: &str = "carrow.disclosure";
 /// The audit log's file in the state directory.
 pub const AUDIT_FILE: &str = "audit.jsonl";
+/// The name the coordinator signs its audit checkpoints with.
+pub const AUDIT_ORIGIN: &str = "coordinator";
 /// The request store's file in the state directory.
 pub const REQUESTS_FILE: &str = "requests.sqlite";
 
@@ -117,7 +119,9 @@ impl CoordinatorState {
         let known = crate::known_catalog::KnownCatalog::open(&config.state_dir);
         let requests = RequestStore::open(&config.state_dir.join(REQUESTS_FILE))
             .map_err(|e| CoordinatorError::State(e.to_string()))?;
-        let audit = AuditLog::open(&config.state_dir.join(AUDIT_FILE))
+        let audit_key = carrow_governance::AuditKey::load_or_create(&config.audit_key_file())
+            .map_err(|e| CoordinatorError::State(e.to_string()))?;
+        let audit = AuditLog::open(&config.state_dir.join(AUDIT_FILE), AUDIT_ORIGIN, audit_key)
             .map_err(|e| CoordinatorError::State(e.to_string()))?;
         let state = Self {
             config,
@@ -318,10 +322,13 @@ impl CoordinatorState {
         &self.requests
     }
 
-    fn record(&self, body: serde_json::Value) -> Option<String> {
+    fn record(&self, body: serde_json::Value) -> Option<AuditMark> {
         // An fsync: off the async workers.
         match carrow_sql::blocking::off_worker(|| self.audit.append(body)) {
-            Ok(head) => Some(head),
+            Ok(appended) => Some(AuditMark {
+                head: appended.hash,
+                checkpoint: appended.checkpoint.to_text(),
+            }),
             Err(e) => {
                 tracing::error!(error = %e, "cannot append to the coordinator audit log");
                 None
@@ -692,13 +699,17 @@ impl Backend for CoordinatorBackend {
         } else {
             None
         };
+        let trace_id = carrow_sql::flight::random_hex(16);
+        let mut checkpoint = None;
         if runs {
             // Recorded before it runs: a process that stops mid-query
             // leaves a record without an outcome, which `audit verify` names.
-            self.state.record(json!({
+            tracing::info!(%query_id, %trace_id, user = %caller.user, project = %permit.project, "query started");
+            checkpoint = self.state.record(json!({
                 "kind": "query",
                 "phase": carrow_governance::audit::PHASE_STARTED,
                 "query_id": query_id,
+                "trace_id": trace_id,
                 "user": caller.user,
                 "role": caller.role,
                 "project": permit.project,
@@ -719,6 +730,10 @@ impl Backend for CoordinatorBackend {
         let context = FragmentContext {
             project: permit.project.clone(),
             query_id: query_id.clone(),
+            trace_id: Some(trace_id.clone()),
+            checkpoint: checkpoint
+                .map(|m| m.checkpoint)
+                .or_else(|| self.state.audit.checkpoint().map(|c| c.to_text())),
             allow_partial,
             coverage: coverage.clone(),
             linkage,
@@ -733,6 +748,7 @@ impl Backend for CoordinatorBackend {
             keys,
             allow_partial,
             query_id,
+            trace_id,
             caller: caller.clone(),
             project: permit.project,
             coverage,
@@ -861,6 +877,8 @@ struct CoordinatorScope {
     session: SessionContext,
     allow_partial: bool,
     query_id: String,
+    /// Sent to nodes in `traceparent`: both services' logs carry it.
+    trace_id: String,
     caller: Caller,
     project: String,
     coverage: Arc<Coverage>,
@@ -913,7 +931,7 @@ impl QueryScope for CoordinatorScope {
             .store(released.rows, std::sync::atomic::Ordering::Relaxed);
     }
 
-    fn finish(&self, sql: &str, outcome: Result<Released, &QueryError>) -> Option<String> {
+    fn finish(&self, sql: &str, outcome: Result<Released, &QueryError>) -> Option<AuditMark> {
         let partly = self
             .partly_released
             .load(std::sync::atomic::Ordering::Relaxed);
@@ -931,11 +949,11 @@ impl QueryScope for CoordinatorScope {
         let coverage = self.coverage.to_json();
         match &outcome {
             Ok(r) => tracing::info!(
-                query_id = %self.query_id, user = %self.caller.user, project = %self.project,
+                query_id = %self.query_id, trace_id = %self.trace_id, user = %self.caller.user, project = %self.project,
                 rows = r.rows, node_rows = ?self.coverage.rows(), %coverage, "query"
             ),
             Err(e) => tracing::info!(
-                query_id = %self.query_id, user = %self.caller.user, project = %self.project,
+                query_id = %self.query_id, trace_id = %self.trace_id, user = %self.caller.user, project = %self.project,
                 error = %e, %coverage, "query failed"
             ),
         }
@@ -954,6 +972,7 @@ impl QueryScope for CoordinatorScope {
             "kind": "query",
             "phase": carrow_governance::audit::PHASE_FINISHED,
             "query_id": self.query_id,
+            "trace_id": self.trace_id,
             "user": self.caller.user,
             "role": self.caller.role,
             "project": self.project,

@@ -1,18 +1,22 @@
 //! Carrow's governance rules and stores, applied by the coordinator (and,
 //! for the audit log, by nodes too): user roles and password hashes,
 //! disclosure control rules, research requests and their approvals, the
-//! canonical SQL that approvals are matched on, and hash-chained audit logs.
+//! canonical SQL that approvals are matched on, and audit logs that are
+//! transparency logs (hash chain, Merkle tree, signed checkpoints).
 
 pub mod audit;
 pub mod canonical;
+pub mod checkpoint;
 pub mod disclosure;
+pub mod merkle;
 pub mod purpose;
 pub mod reconcile;
 pub mod requests;
 pub mod roles;
 
-pub use audit::{AuditLog, ChainReport, verify_file};
+pub use audit::{AuditLog, ChainReport, verify_file, verify_log};
 pub use canonical::canonical_sql;
+pub use checkpoint::{AuditKey, Checkpoint};
 pub use disclosure::{Preset, Rules};
 pub use requests::{NewRequest, Output, Request, RequestStore};
 pub use roles::Role;

@@ -2,6 +2,14 @@
 //! fragment the coordinator sent must be in the node's log under the query
 //! id and head hash the node returned, and every fragment a node served
 //! for the coordinator must be in the coordinator's log.
+//!
+//! Each side also holds the other's signed checkpoints (the coordinator's
+//! go to nodes with each fragment, a node's come back with its receipt).
+//! Every held checkpoint must be signed by the other log's key and be the
+//! Merkle root of that log's first `size` records, and the newest one must
+//! be proved consistent with the log's latest checkpoint: so a log cut
+//! short, or rewritten even by someone holding its key, is found from the
+//! other side's log.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -10,7 +18,9 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::GovernanceError;
-use crate::audit::verify_file;
+use crate::audit::{VerifiedLog, verify_log};
+use crate::checkpoint::{Checkpoint, fingerprint};
+use crate::merkle::{Frontier, consistency_proof, verify_consistency};
 
 /// One record of an audit log, as read back.
 #[derive(Debug, Clone)]
@@ -51,6 +61,12 @@ pub fn read_entries(path: &Path) -> Result<Vec<Entry>, GovernanceError> {
 pub struct Reconciliation {
     /// Fragments the coordinator's log and the nodes' logs both record.
     pub matched: usize,
+    /// Checkpoints one side holds of the other's log, found to be its
+    /// signed roots at those sizes.
+    pub checkpoints: usize,
+    /// Consistency proofs verified, from the newest checkpoint each side
+    /// holds to the other log's latest.
+    pub proofs: usize,
     /// Each problem, naming the log, query and node.
     pub problems: Vec<String>,
 }
@@ -61,14 +77,44 @@ pub fn reconcile(
     nodes: &[(String, PathBuf)],
 ) -> Result<Reconciliation, GovernanceError> {
     let mut out = Reconciliation::default();
+    let mut verified: HashMap<String, VerifiedLog> = HashMap::new();
     for (name, path) in
         std::iter::once(&("coordinator".to_string(), coordinator.to_path_buf())).chain(nodes)
     {
-        if let Err(e) = verify_file(path) {
-            out.problems.push(format!("{name}: {e}"));
+        match verify_log(path) {
+            Ok(log) => {
+                verified.insert(name.clone(), log);
+            }
+            Err(e) => out.problems.push(format!("{name}: {e}")),
         }
     }
-    let queries: HashMap<String, Entry> = read_entries(coordinator)?
+    let coordinator_entries = read_entries(coordinator)?;
+    for (node, path) in nodes {
+        let node_entries = read_entries(path)?;
+        let held_by_coordinator = coordinator_entries.iter().flat_map(|e| {
+            let fragments = e.body["fragments"].as_array().cloned().unwrap_or_default();
+            fragments
+                .into_iter()
+                .filter(|f| f["node"] == node.as_str())
+                .filter_map(|f| Some((e.line, f["node_checkpoint"].as_str()?.to_string())))
+                .collect::<Vec<_>>()
+        });
+        check_held(
+            &mut out,
+            ("coordinator", held_by_coordinator.collect()),
+            (node, verified.get(node)),
+        );
+        let held_by_node = node_entries
+            .iter()
+            .filter_map(|e| Some((e.line, e.body["upstream_checkpoint"].as_str()?.to_string())))
+            .collect();
+        check_held(
+            &mut out,
+            (node, held_by_node),
+            ("coordinator", verified.get("coordinator")),
+        );
+    }
+    let queries: HashMap<String, Entry> = coordinator_entries
         .into_iter()
         .filter(|e| e.body["kind"] == "query" && e.body["phase"] != crate::audit::PHASE_STARTED)
         .filter_map(|e| Some((e.body["query_id"].as_str()?.to_string(), e)))
@@ -144,4 +190,103 @@ pub fn reconcile(
         }
     }
     Ok(out)
+}
+
+/// Checks every checkpoint `holder` recorded (its log's line and the
+/// checkpoint's text) against `subject`'s verified log.
+fn check_held(
+    out: &mut Reconciliation,
+    (holder, held): (&str, Vec<(usize, String)>),
+    (subject, log): (&str, Option<&VerifiedLog>),
+) {
+    let mut valid: Vec<(usize, Checkpoint)> = Vec::new();
+    for (line, text) in held {
+        let checkpoint = match Checkpoint::parse(&text) {
+            Ok(c) => c,
+            Err(e) => {
+                out.problems.push(format!(
+                    "{holder}'s log (line {line}) holds {subject}'s checkpoint in a form that does not parse: {e}"
+                ));
+                continue;
+            }
+        };
+        if checkpoint.origin != subject || !checkpoint.signature_holds() {
+            out.problems.push(format!(
+                "{holder}'s log (line {line}) holds a checkpoint of {subject}'s log whose signature does not verify \
+                 (signed as {:?} by key {}): a forged checkpoint",
+                checkpoint.origin,
+                fingerprint(&checkpoint.key)
+            ));
+            continue;
+        }
+        valid.push((line, checkpoint));
+    }
+    // A broken log was named already; its records cannot be proved.
+    let Some(log) = log else { return };
+    let records = log.report.records;
+    let key = log.report.checkpoint.as_ref().map(|c| c.key);
+    let mut wanted: Vec<u64> = Vec::new();
+    for (line, checkpoint) in &valid {
+        if key.is_some_and(|k| k != checkpoint.key) {
+            out.problems.push(format!(
+                "{subject}'s log is signed by key {}, but {holder}'s log (line {line}) holds its checkpoint \
+                 signed by key {}: the log was replaced",
+                key.map(|k| fingerprint(&k)).unwrap_or_default(),
+                fingerprint(&checkpoint.key)
+            ));
+        } else if checkpoint.size > records {
+            out.problems.push(format!(
+                "{subject}'s log has {records} records, but {holder}'s log (line {line}) holds its signed \
+                 checkpoint of {} records: the log was truncated",
+                checkpoint.size
+            ));
+        } else {
+            wanted.push(checkpoint.size);
+        }
+    }
+    // The root of every wanted prefix, in one pass over the leaves.
+    wanted.sort_unstable();
+    wanted.dedup();
+    let mut roots = HashMap::new();
+    let mut tree = Frontier::default();
+    let mut next = wanted.iter().peekable();
+    for leaf in &log.leaves {
+        tree.push(*leaf);
+        if next.peek() == Some(&&tree.size()) {
+            roots.insert(tree.size(), tree.root());
+            next.next();
+        }
+    }
+    let mut newest: Option<&Checkpoint> = None;
+    for (line, checkpoint) in &valid {
+        let Some(root) = roots.get(&checkpoint.size) else {
+            continue;
+        };
+        if *root != checkpoint.root {
+            out.problems.push(format!(
+                "{subject}'s log was rewritten: its first {} records do not have the Merkle root \
+                 {subject} signed in the checkpoint {holder}'s log holds (line {line})",
+                checkpoint.size
+            ));
+            continue;
+        }
+        out.checkpoints += 1;
+        if newest.is_none_or(|n| n.size < checkpoint.size) {
+            newest = Some(checkpoint);
+        }
+    }
+    // The newest held checkpoint to the log's latest: what a holder without
+    // the other log would be shown.
+    if let (Some(old), Some(latest)) = (newest, &log.report.checkpoint) {
+        let proof = consistency_proof(&log.leaves, old.size as usize);
+        if verify_consistency(old.size, latest.size, &old.root, &latest.root, &proof) {
+            out.proofs += 1;
+        } else {
+            out.problems.push(format!(
+                "{subject}'s latest checkpoint ({} records) is not consistent with its checkpoint of {} records \
+                 that {holder} holds",
+                latest.size, old.size
+            ));
+        }
+    }
 }

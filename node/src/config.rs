@@ -25,8 +25,12 @@ pub struct NodeConfig {
     pub listen: String,
     /// File holding the linkage secret (64 hex characters, mode 0600).
     pub linkage_secret_file: PathBuf,
-    /// The node's hash-chained audit log (one JSON record a line).
+    /// The node's audit log (one JSON record a line; a transparency log).
     pub audit_log: PathBuf,
+    /// The Ed25519 key signing the audit log's checkpoints (64 hex digits,
+    /// mode 0600); made at first start. Default: `audit_log` with extension `key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_key: Option<PathBuf>,
     /// Projects this node takes part in; pseudonyms are computed per project.
     pub projects: Vec<String>,
     /// Project used for the node operator's own queries.
@@ -594,6 +598,13 @@ impl NodeConfig {
         }
     }
 
+    /// The audit signing key's file.
+    pub fn audit_key_file(&self) -> PathBuf {
+        self.audit_key
+            .clone()
+            .unwrap_or_else(|| self.audit_log.with_extension("key"))
+    }
+
     /// Resolves relative paths against `base`, the config file's directory.
     pub fn resolve_paths(&mut self, base: &Path) {
         let fix = |p: &mut PathBuf| {
@@ -603,6 +614,9 @@ impl NodeConfig {
         };
         fix(&mut self.linkage_secret_file);
         fix(&mut self.audit_log);
+        if let Some(p) = &mut self.audit_key {
+            fix(p);
+        }
         if let Some(tls) = &mut self.tls {
             fix(&mut tls.cert_file);
             fix(&mut tls.key_file);

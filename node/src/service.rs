@@ -5,9 +5,10 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use carrow_governance::AuditLog;
+use carrow_governance::{AuditLog, Checkpoint};
 use carrow_linkage::fields::FieldTokeniser;
 use carrow_linkage::{LinkageSecret, Tokeniser};
+use carrow_sql::flight::AuditMark;
 use carrow_sql::{Backend, Caller, QueryError, QueryScope, Released, RequestMeta, Stage};
 use datafusion::arrow::array::Array;
 use datafusion::arrow::util::display::array_value_to_string;
@@ -70,7 +71,8 @@ impl NodeState {
     /// makes its tables unavailable (reported by name) without stopping the node.
     pub async fn build(config: NodeConfig) -> Result<Self, NodeError> {
         let secret = LinkageSecret::load(&config.linkage_secret_file)?;
-        let audit = AuditLog::open(&config.audit_log)?;
+        let audit_key = carrow_governance::AuditKey::load_or_create(&config.audit_key_file())?;
+        let audit = AuditLog::open(&config.audit_log, &config.name, audit_key)?;
         let opt_outs = load_opt_outs(&config)?;
 
         let source_session = SessionContext::new();
@@ -356,6 +358,8 @@ impl NodeState {
         self.record(json!({
             "query_id": query_id,
             "upstream_query_id": meta.upstream_query_id,
+            "upstream_checkpoint": upstream_checkpoint(meta),
+            "trace_id": meta.trace_id,
             "caller": caller.user,
             "role": caller.role,
             "project": project,
@@ -417,10 +421,13 @@ impl NodeState {
         Ok(n)
     }
 
-    fn record(&self, body: serde_json::Value) -> Option<String> {
+    fn record(&self, body: serde_json::Value) -> Option<AuditMark> {
         // An fsync: off the async workers.
         match carrow_sql::blocking::off_worker(|| self.audit.append(body)) {
-            Ok(head) => Some(head),
+            Ok(appended) => Some(AuditMark {
+                head: appended.hash,
+                checkpoint: appended.checkpoint.to_text(),
+            }),
             Err(e) => {
                 tracing::error!(node = %self.config.name, error = %e, "cannot append to the audit log");
                 None
@@ -622,10 +629,16 @@ impl Backend for NodeBackend {
         if !sql.trim().is_empty() && !meta.setting {
             // Recorded before it runs: a process that stops mid-query
             // leaves a record without an outcome, which `audit verify` names.
+            tracing::info!(node = %state.config.name, query_id = %query_id,
+                upstream_query_id = meta.upstream_query_id.as_deref().unwrap_or("-"),
+                trace_id = meta.trace_id.as_deref().unwrap_or("-"), caller = %caller.user,
+                project = %project, "fragment started");
             state.record(json!({
                 "phase": carrow_governance::audit::PHASE_STARTED,
                 "query_id": query_id,
                 "upstream_query_id": meta.upstream_query_id,
+                "upstream_checkpoint": upstream_checkpoint(meta),
+                "trace_id": meta.trace_id,
                 "caller": caller.user,
                 "role": caller.role,
                 "project": project,
@@ -639,6 +652,8 @@ impl Backend for NodeBackend {
             caller: caller.clone(),
             project,
             upstream_query_id: meta.upstream_query_id.clone(),
+            upstream_checkpoint: upstream_checkpoint(meta),
+            trace_id: meta.trace_id.clone(),
             recorder,
         }))
     }
@@ -698,7 +713,25 @@ struct NodeScope {
     caller: Caller,
     project: String,
     upstream_query_id: Option<String>,
+    upstream_checkpoint: Option<String>,
+    trace_id: Option<String>,
     recorder: Arc<AccessRecorder>,
+}
+
+/// The coordinator's checkpoint sent with a fragment, if it is one the
+/// coordinator signed: recorded so this log pins the coordinator's.
+fn upstream_checkpoint(meta: &RequestMeta) -> Option<String> {
+    let text = meta.upstream_checkpoint.as_deref()?;
+    match Checkpoint::parse(text) {
+        Ok(c) if c.origin == "coordinator" && c.signature_holds() => Some(c.to_text()),
+        _ => {
+            tracing::warn!(
+                upstream_query_id = meta.upstream_query_id.as_deref().unwrap_or("-"),
+                "a fragment came with a checkpoint that does not verify; not recorded"
+            );
+            None
+        }
+    }
 }
 
 impl QueryScope for NodeScope {
@@ -720,7 +753,7 @@ impl QueryScope for NodeScope {
         self.state.metadata.get(table).cloned().unwrap_or_default()
     }
 
-    fn finish(&self, sql: &str, outcome: Result<Released, &QueryError>) -> Option<String> {
+    fn finish(&self, sql: &str, outcome: Result<Released, &QueryError>) -> Option<AuditMark> {
         let tables: Vec<_> = self
             .recorder
             .snapshot()
@@ -734,6 +767,8 @@ impl QueryScope for NodeScope {
         tracing::info!(
             node = %self.state.config.name,
             query_id = %self.query_id,
+            upstream_query_id = self.upstream_query_id.as_deref().unwrap_or("-"),
+            trace_id = self.trace_id.as_deref().unwrap_or("-"),
             caller = %self.caller.user,
             project = %self.project,
             outcome = status,
@@ -744,6 +779,8 @@ impl QueryScope for NodeScope {
             "phase": carrow_governance::audit::PHASE_FINISHED,
             "query_id": self.query_id,
             "upstream_query_id": self.upstream_query_id,
+            "upstream_checkpoint": self.upstream_checkpoint,
+            "trace_id": self.trace_id,
             "caller": self.caller.user,
             "role": self.caller.role,
             "project": self.project,

@@ -55,6 +55,11 @@ pub const RECEIPT_HEADER: &str = "x-carrow-receipt";
 pub const LINKAGE_HEADER: &str = "x-carrow-linkage";
 /// Request header carrying the coordinator's query id, recorded in node logs.
 pub const QUERY_ID_HEADER: &str = "x-carrow-query-id";
+/// Request header carrying the coordinator's latest signed audit
+/// checkpoint, which the node records beside the fragment.
+pub const CHECKPOINT_HEADER: &str = "x-carrow-checkpoint";
+/// W3C trace context: the coordinator's trace id reaches node logs.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
 /// Request header naming the version of the withheld list (opt-outs
 /// recorded at other nodes) a fragment was planned under.
 pub const OPT_OUT_VERSION_HEADER: &str = "x-carrow-opt-out-version";
@@ -79,6 +84,10 @@ pub struct RequestMeta {
     pub wants_receipt: bool,
     /// The upstream query id, if the caller is a coordinator.
     pub upstream_query_id: Option<String>,
+    /// The caller's signed audit checkpoint (coordinators), as text.
+    pub upstream_checkpoint: Option<String>,
+    /// The trace id of a W3C `traceparent` header, if well formed.
+    pub trace_id: Option<String>,
     /// The session's `SET carrow.*` settings.
     pub settings: BTreeMap<String, String>,
     /// The statement is being prepared, not run: a backend checks it but
@@ -106,6 +115,8 @@ impl RequestMeta {
             project: text(PROJECT_HEADER),
             wants_receipt: text(RECEIPT_HEADER).is_some_and(|v| v == "1" || v == "true"),
             upstream_query_id: text(QUERY_ID_HEADER),
+            upstream_checkpoint: text(CHECKPOINT_HEADER),
+            trace_id: text(TRACEPARENT_HEADER).and_then(|t| trace_id_of(&t)),
             settings: BTreeMap::new(),
             preparing: false,
             setting: false,
@@ -114,6 +125,35 @@ impl RequestMeta {
             last_report: BTreeMap::new(),
         }
     }
+}
+
+/// The trace id of a `traceparent` value (`00-<32 hex>-<16 hex>-<2 hex>`).
+pub fn trace_id_of(traceparent: &str) -> Option<String> {
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    match parts[..] {
+        [version, trace, span, flags]
+            if hex(version, 2) && hex(trace, 32) && hex(span, 16) && hex(flags, 2) =>
+        {
+            Some(trace.to_ascii_lowercase())
+        }
+        _ => None,
+    }
+}
+
+/// A `traceparent` value for `trace_id` with a new span id.
+pub fn traceparent(trace_id: &str) -> String {
+    format!("00-{trace_id}-{}-01", random_hex(8))
+}
+
+/// Where a statement's outcome landed in the service's audit log: sent
+/// back in a receipt, so the caller's log pins this one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditMark {
+    /// The hash of the outcome's record.
+    pub head: String,
+    /// The log's signed checkpoint including it, as text.
+    pub checkpoint: String,
 }
 
 /// Where a statement failed. Planning failures are about the SQL; execution
@@ -147,8 +187,8 @@ pub trait QueryScope: Send + Sync {
     ) -> QueryError {
         QueryError::DataFusion(err)
     }
-    /// Records the statement's outcome; returns the audit head hash, if any.
-    fn finish(&self, sql: &str, outcome: Result<Released, &QueryError>) -> Option<String>;
+    /// Records the statement's outcome; returns where it landed in the audit log.
+    fn finish(&self, sql: &str, outcome: Result<Released, &QueryError>) -> Option<AuditMark>;
     /// Called before a failed [`finish`](Self::finish) when rows had
     /// already been sent: the client has part of the result.
     fn released_before_failure(&self, _released: Released) {}
@@ -300,7 +340,7 @@ enum Handle {
         scope: Arc<dyn QueryScope>,
         started: Started,
         sql: String,
-        meta: RequestMeta,
+        meta: Box<RequestMeta>,
         created: Instant,
     },
 }
@@ -620,7 +660,7 @@ impl<B: Backend> FlightSqlEndpoint<B> {
                 ..started
             },
             sql: sql.to_string(),
-            meta,
+            meta: Box::new(meta),
             created: Instant::now(),
         };
         Ok((self.insert_handle(handle), schema))
@@ -909,14 +949,16 @@ fn execute_stream(
             );
             scope.finish(&sql, Err(&err));
         } else {
-            let head = scope.finish(&sql, Ok(totals));
+            let mark = scope.finish(&sql, Ok(totals));
             if meta.wants_receipt {
+                let quoted = |s: Option<&str>| s.map_or("null".to_string(), |s| format!("\"{s}\""));
                 let receipt = format!(
-                    r#"{{"query_id":"{}","rows":{},"bytes":{},"audit_head":{}}}"#,
+                    r#"{{"query_id":"{}","rows":{},"bytes":{},"audit_head":{},"checkpoint":{}}}"#,
                     scope.query_id(),
                     totals.rows,
                     totals.bytes,
-                    head.map_or("null".to_string(), |h| format!("\"{h}\""))
+                    quoted(mark.as_ref().map(|m| m.head.as_str())),
+                    quoted(mark.as_ref().map(|m| m.checkpoint.as_str())),
                 );
                 let _ = tx
                     .send(Ok(FlightData::new().with_app_metadata(receipt.into_bytes())))
@@ -1045,7 +1087,7 @@ impl<B: Backend> FlightSqlService for FlightSqlEndpoint<B> {
                 scope,
                 started,
                 sql,
-                meta,
+                *meta,
                 self.shutdown.clone(),
             ))),
             Handle::Prepared { .. } => Err(Status::invalid_argument(
@@ -1457,5 +1499,21 @@ mod tests {
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
         let err = FlightSqlEndpoint::<NoBackend>::decode_basic("Basic YWJj").unwrap_err();
         assert!(err.message().contains("user:password"));
+    }
+
+    #[test]
+    fn trace_ids_round_trip_through_traceparent_and_junk_is_dropped() {
+        let trace = random_hex(16);
+        let header = traceparent(&trace);
+        assert_eq!(trace_id_of(&header), Some(trace.clone()));
+        assert_ne!(traceparent(&trace), header, "a new span id each call");
+        for junk in [
+            "",
+            "00-abc-def-01",
+            "00-zz-0000000000000000-01",
+            "not a traceparent",
+        ] {
+            assert_eq!(trace_id_of(junk), None, "{junk}");
+        }
     }
 }

@@ -179,6 +179,7 @@ fn coordinator_config(
     Ok(CoordinatorConfig {
         listen: "127.0.0.1:50050".into(),
         state_dir: "state".into(),
+        audit_key: None,
         default_project: configs::DEMO_PROJECT.into(),
         connect_timeout_ms: 2_000,
         query_timeout_ms: 60_000,

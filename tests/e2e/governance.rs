@@ -614,6 +614,275 @@ async fn coordinator_and_node_logs_reconcile_and_a_removed_record_is_named() {
     );
 }
 
+/// `carrow audit reconcile` of `coordinator` with the three generated nodes'
+/// logs, `acute` given as `acute`: (exit code, what it printed).
+fn reconcile_with(root: &Path, coordinator: &Path, acute: &Path) -> (Option<i32>, String) {
+    let node = |name: &str, path: &Path| format!("{name}={}", path.display());
+    let out = run(&[
+        "audit",
+        "reconcile",
+        "--coordinator",
+        coordinator.to_str().unwrap(),
+        "--node",
+        &node("acute", acute),
+        "--node",
+        &node("gp", &root.join("gp/audit.jsonl")),
+        "--node",
+        &node("council", &root.join("council/audit.jsonl")),
+    ]);
+    let printed = String::from_utf8_lossy(&out.stdout).to_string() + &stderr(&out);
+    (out.status.code(), printed)
+}
+
+fn log_lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn write_lines(path: &Path, lines: &[String]) {
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+/// Writes the records of `from` whose body passes `keep` to a new log at
+/// `to`, signed with `key`: a rewrite by someone holding the key.
+fn resign(
+    from: &Path,
+    to: &Path,
+    origin: &str,
+    key: carrow_governance::AuditKey,
+    keep: impl Fn(&Value) -> bool,
+) {
+    let log = carrow_governance::AuditLog::open(to, origin, key).unwrap();
+    for line in log_lines(from) {
+        let record: Value = serde_json::from_str(&line).unwrap();
+        if keep(&record["body"]) {
+            log.append(record["body"].clone()).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_log_pins_the_others_so_truncation_rewriting_and_forgery_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    generate(root, 800, 75);
+    let cluster = start(root);
+    let addr = cluster.coordinator.addr;
+    let mut planner = login(addr, root, "planner").await;
+    let study = "SELECT a.admission_method, count(DISTINCT a.pid) FROM acute.admissions a JOIN gp.registrations g ON a.pid = g.pid GROUP BY 1";
+    let mut researcher =
+        crate::support::approved_researcher(addr, root, &[study], "aggregate").await;
+    query(
+        &mut planner,
+        "SELECT admission_method, count(*) FROM acute.admissions GROUP BY 1",
+    )
+    .await
+    .unwrap();
+    query(&mut planner, "SELECT pid FROM acute.admissions")
+        .await
+        .unwrap_err();
+    query(&mut researcher, study).await.unwrap();
+    query(
+        &mut planner,
+        "SELECT setting, count(*) FROM combined.contacts GROUP BY setting",
+    )
+    .await
+    .unwrap();
+
+    let coordinator_log = root.join("coordinator/state/audit.jsonl");
+    let acute_log = root.join("acute/audit.jsonl");
+    // One trace id from the coordinator's query to the node's fragment, in
+    // both audit logs and both services' logs.
+    let study_record: Value = log_lines(&coordinator_log)
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .rfind(|r| r["body"]["sql"] == study && r["body"]["phase"] == "finished")
+        .unwrap();
+    let trace = study_record["body"]["trace_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let query_id = study_record["body"]["query_id"].as_str().unwrap();
+    assert_eq!(trace.len(), 32);
+    let fragments: Vec<Value> = log_lines(&acute_log)
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["body"]["upstream_query_id"] == query_id)
+        .collect();
+    assert!(!fragments.is_empty());
+    assert!(
+        fragments
+            .iter()
+            .all(|r| r["body"]["trace_id"] == trace.as_str())
+    );
+    assert!(cluster._nodes[0].log().contains(&trace));
+    let coordinator_trace =
+        std::fs::read_to_string(root.join("coordinator/coordinator.log")).unwrap();
+    assert!(coordinator_trace.contains(&trace));
+
+    let (code, printed) = reconcile_with(root, &coordinator_log, &acute_log);
+    assert_eq!(code, Some(0), "{printed}");
+    let proofs = printed
+        .split(" consistency proofs verified")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse::<usize>().ok());
+    // Both directions for each of the three nodes.
+    assert_eq!(proofs, Some(6), "{printed}");
+    let tampered = root.join("tampered");
+    std::fs::create_dir_all(&tampered).unwrap();
+    let verify = |path: &Path| {
+        let out = run(&["audit", "verify", path.to_str().unwrap()]);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string() + &stderr(&out),
+        )
+    };
+
+    // Truncation: acute's log cut at its last fragment for the coordinator
+    // still verifies alone; the coordinator's log holds the cut checkpoint.
+    let lines = log_lines(&acute_log);
+    let last_served = lines
+        .iter()
+        .rposition(|l| l.contains("\"upstream_query_id\":\"q-") && l.contains("\"finished\""))
+        .unwrap();
+    let cut = tampered.join("acute-truncated.jsonl");
+    write_lines(&cut, &lines[..last_served]);
+    assert!(verify(&cut).0);
+    let (code, printed) = reconcile_with(root, &coordinator_log, &cut);
+    assert_eq!(code, Some(1), "{printed}");
+    assert!(
+        printed.contains(&format!(
+            "acute's log has {last_served} records, but coordinator's log (line"
+        )) && printed.contains("the log was truncated"),
+        "{printed}"
+    );
+
+    // Truncation of the coordinator's log before the last query started:
+    // the nodes hold the checkpoint sent with its fragments.
+    let lines = log_lines(&coordinator_log);
+    let last_started = lines
+        .iter()
+        .rposition(|l| l.contains("\"phase\":\"started\""))
+        .unwrap();
+    let cut = tampered.join("coordinator-truncated.jsonl");
+    write_lines(&cut, &lines[..last_started]);
+    assert!(verify(&cut).0);
+    let (code, printed) = reconcile_with(root, &cut, &acute_log);
+    assert_eq!(code, Some(1), "{printed}");
+    assert!(
+        printed.contains(&format!(
+            "coordinator's log has {last_started} records, but "
+        )) && printed.contains("the log was truncated"),
+        "{printed}"
+    );
+
+    // Deletion in the middle is a broken chain.
+    let mut lines = log_lines(&acute_log);
+    lines.remove(1);
+    let holed = tampered.join("acute-holed.jsonl");
+    write_lines(&holed, &lines);
+    let (ok, printed) = verify(&holed);
+    assert!(!ok && printed.contains("line 2 (record 3)"), "{printed}");
+
+    // A re-hashed rewrite without every request decision and refusal: the
+    // chain is rebuilt, but the checkpoints no longer sign its roots.
+    let decisions_or_refusals =
+        |body: &Value| body["kind"] == "request" || body["outcome"] == "refused";
+    let lines = log_lines(&coordinator_log);
+    let removed = lines
+        .iter()
+        .position(|l| decisions_or_refusals(&serde_json::from_str::<Value>(l).unwrap()["body"]))
+        .expect("the log holds a request decision or refusal");
+    let mut prev = carrow_governance::audit::GENESIS.to_string();
+    let rehashed: Vec<String> = lines
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| !decisions_or_refusals(&r["body"]))
+        .enumerate()
+        .map(|(i, mut r)| {
+            let seq = i as u64 + 1;
+            let content = json!({ "seq": seq, "time": r["time"], "prev": prev, "body": r["body"] });
+            let hash = sha256_hex(content.to_string().as_bytes());
+            r["seq"] = json!(seq);
+            r["prev"] = json!(prev);
+            r["hash"] = json!(hash);
+            prev = hash;
+            r.to_string()
+        })
+        .collect();
+    let rehashed_path = tampered.join("coordinator-rehashed.jsonl");
+    write_lines(&rehashed_path, &rehashed);
+    let (ok, printed) = verify(&rehashed_path);
+    assert!(
+        !ok && printed.contains(&format!("(record {})", removed + 1))
+            && printed.contains("the log was rewritten"),
+        "{printed}"
+    );
+
+    // The same rewrite by someone holding the coordinator's key verifies
+    // alone; the nodes' logs prove it rewritten.
+    let resigned = tampered.join("coordinator-resigned.jsonl");
+    resign(
+        &coordinator_log,
+        &resigned,
+        "coordinator",
+        carrow_governance::AuditKey::load(&root.join("coordinator/state/audit.key")).unwrap(),
+        |body| !decisions_or_refusals(body),
+    );
+    assert!(verify(&resigned).0);
+    let (code, printed) = reconcile_with(root, &resigned, &acute_log);
+    assert_eq!(code, Some(1), "{printed}");
+    assert!(
+        printed.contains("coordinator's log was rewritten: its first ")
+            && printed.contains(
+                "do not have the Merkle root coordinator signed in the checkpoint acute's log holds"
+            ),
+        "{printed}"
+    );
+
+    // A forged checkpoint in a log is named; a log re-signed with another
+    // key is named as replaced by the side holding the real key's checkpoints.
+    let mut lines = log_lines(&acute_log);
+    let mut record: Value = serde_json::from_str(&lines[2]).unwrap();
+    let mut checkpoint =
+        carrow_governance::Checkpoint::parse(record["checkpoint"].as_str().unwrap()).unwrap();
+    checkpoint.signature[7] ^= 0x20;
+    record["checkpoint"] = json!(checkpoint.to_text());
+    lines[2] = record.to_string();
+    let forged = tampered.join("acute-forged.jsonl");
+    write_lines(&forged, &lines);
+    let (ok, printed) = verify(&forged);
+    assert!(
+        !ok && printed.contains("line 3 (record 3)") && printed.contains("forged checkpoint"),
+        "{printed}"
+    );
+    let replaced = tampered.join("acute-replaced.jsonl");
+    resign(
+        &acute_log,
+        &replaced,
+        "acute",
+        carrow_governance::AuditKey::generate(),
+        |_| true,
+    );
+    let (code, printed) = reconcile_with(root, &coordinator_log, &replaced);
+    assert_eq!(code, Some(1), "{printed}");
+    assert!(
+        printed.contains("acute's log is signed by key ")
+            && printed.contains("the log was replaced"),
+        "{printed}"
+    );
+    drop(cluster);
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_coordinator_killed_mid_work_loses_no_committed_approval_and_its_log_verifies() {
     let dir = tempfile::tempdir().unwrap();
