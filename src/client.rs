@@ -12,8 +12,31 @@ pub async fn connect(
     user: &str,
     password: &str,
 ) -> anyhow::Result<FlightSqlServiceClient<Channel>> {
-    let channel = Channel::from_shared(url.to_string())
-        .with_context(|| format!("{url:?} is not a valid address (expected http://host:port)"))?
+    connect_with_ca(url, user, password, None).await
+}
+
+/// [`connect`], over TLS to an `https://` URL when `ca_file` names the CA
+/// that signed the server's certificate.
+pub async fn connect_with_ca(
+    url: &str,
+    user: &str,
+    password: &str,
+    ca_file: Option<&std::path::Path>,
+) -> anyhow::Result<FlightSqlServiceClient<Channel>> {
+    let mut endpoint = Channel::from_shared(url.to_string())
+        .with_context(|| format!("{url:?} is not a valid address (expected http://host:port)"))?;
+    if let Some(ca) = ca_file {
+        anyhow::ensure!(
+            url.starts_with("https://"),
+            "--ca-file is for TLS: the URL must start with https://, not {url:?}"
+        );
+        let pem = std::fs::read(ca).with_context(|| format!("reading CA file {}", ca.display()))?;
+        endpoint = endpoint.tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+        )?;
+    }
+    let channel = endpoint
         .connect()
         .await
         .with_context(|| format!("cannot connect to {url}"))?;

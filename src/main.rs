@@ -128,6 +128,9 @@ enum Command {
         /// Project to run under (sent as the x-carrow-project header).
         #[arg(long)]
         project: Option<String>,
+        /// For an https:// URL: the CA that signed the server's certificate.
+        #[arg(long, env = "CARROW_CA_FILE")]
+        ca_file: Option<PathBuf>,
         /// The SQL statement.
         sql: String,
     },
@@ -365,11 +368,13 @@ fn run(command: Command) -> anyhow::Result<()> {
             user,
             password_file,
             project,
+            ca_file,
             sql,
         } => {
             let password = read_password(password_file.as_deref())?;
             runtime()?.block_on(async {
-                let mut client = client::connect(&url, &user, &password).await?;
+                let mut client =
+                    client::connect_with_ca(&url, &user, &password, ca_file.as_deref()).await?;
                 if let Some(project) = project {
                     client.set_header("x-carrow-project", project);
                 }

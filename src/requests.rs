@@ -21,6 +21,9 @@ pub struct Login {
     /// File holding the password; otherwise CARROW_PASSWORD, otherwise a prompt.
     #[arg(long, global = true)]
     pub password_file: Option<PathBuf>,
+    /// For an https:// URL: the CA that signed the coordinator's certificate.
+    #[arg(long, global = true, env = "CARROW_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -78,7 +81,9 @@ pub enum RequestCommand {
 /// Runs one request command.
 pub async fn run(login: Login, password: String, command: RequestCommand) -> anyhow::Result<()> {
     anyhow::ensure!(!login.user.is_empty(), "give --user");
-    let mut flight = client::connect(&login.url, &login.user, &password).await?;
+    let mut flight =
+        client::connect_with_ca(&login.url, &login.user, &password, login.ca_file.as_deref())
+            .await?;
     let decide = |id: i64, decision: &str, comment: Option<String>| {
         (
             "carrow.request.decide",

@@ -22,6 +22,10 @@ pub struct CoordinatorConfig {
     /// Address the client-facing Flight SQL server listens on.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// TLS on the client listener (users' passwords cross it); with
+    /// `client_ca_file`, clients must present a certificate that CA signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<carrow_sql::tls::ServerTls>,
     /// Directory for the audit log and the requests database.
     pub state_dir: PathBuf,
     /// The Ed25519 key signing the audit log's checkpoints (64 hex digits,
@@ -171,6 +175,11 @@ pub struct NodeEndpoint {
     pub user: String,
     /// File holding the token the node expects (mode 0600).
     pub token_file: PathBuf,
+    /// TLS to the node (`url` then starts `https://`): the CA that signed
+    /// the node's certificate, and for mutual TLS the coordinator's own
+    /// certificate and key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<carrow_sql::tls::ClientTls>,
 }
 
 fn default_catalog_refresh_secs() -> u64 {
@@ -325,6 +334,12 @@ impl CoordinatorConfig {
             if n.token_file.is_relative() {
                 n.token_file = base.join(&n.token_file);
             }
+            if let Some(tls) = &mut n.tls {
+                tls.resolve_paths(base);
+            }
+        }
+        if let Some(tls) = &mut self.tls {
+            tls.resolve_paths(base);
         }
     }
 }
@@ -347,6 +362,19 @@ impl CoordinatorConfig {
                     node.token_file.display()
                 )),
             }
+        }
+        for (i, node) in self.nodes.iter().enumerate() {
+            if let Some(tls) = &node.tls {
+                if let Err(e) = tls.load() {
+                    problems.push(format!("nodes[{i}].tls: {e}"));
+                }
+                if let Some(p) = tls.problem() {
+                    problems.push(format!("nodes[{i}].tls: {p}"));
+                }
+            }
+        }
+        if let Some(Err(e)) = self.tls.as_ref().map(|t| t.load()) {
+            problems.push(format!("tls: {e}"));
         }
         let cell_key = self.cell_key_secret_file();
         if cell_key.exists()

@@ -53,6 +53,8 @@ pub enum CoordinatorError {
     Serve(String),
     #[error("state directory: {0}")]
     State(String),
+    #[error(transparent)]
+    Tls(#[from] carrow_sql::tls::TlsError),
 }
 
 /// A coordinator serving on a socket.
@@ -69,10 +71,15 @@ impl RunningCoordinator {
     /// Builds the catalog from the nodes and starts serving on `config.listen`.
     pub async fn start(config: CoordinatorConfig) -> Result<Self, CoordinatorError> {
         let listen = config.listen.clone();
+        let tls = config
+            .tls
+            .as_ref()
+            .map(carrow_sql::tls::ServerTls::load)
+            .transpose()?;
         let state = Arc::new(CoordinatorState::build(config).await?);
         let endpoint =
             carrow_sql::FlightSqlEndpoint::new(Arc::new(CoordinatorBackend::new(state.clone())));
-        let server = carrow_sql::flight::RunningServer::start(endpoint, &listen, None)
+        let server = carrow_sql::flight::RunningServer::start(endpoint, &listen, tls)
             .await
             .map_err(|source| CoordinatorError::Bind {
                 addr: listen,

@@ -210,6 +210,7 @@ pub struct NodeClient {
     pub name: String,
     url: String,
     user: String,
+    tls: Option<carrow_sql::tls::ClientTls>,
     token: String,
     connect_timeout: Duration,
     query_timeout: Duration,
@@ -239,6 +240,7 @@ impl NodeClient {
             name: endpoint.name.clone(),
             url: endpoint.url.clone(),
             user: endpoint.user.clone(),
+            tls: endpoint.tls.clone(),
             token,
             connect_timeout,
             query_timeout,
@@ -279,8 +281,15 @@ impl NodeClient {
                 self.name, self.url
             ))
         };
-        let channel = Endpoint::from_shared(self.url.clone())
-            .map_err(|e| unreachable(e.to_string()))?
+        let mut endpoint =
+            Endpoint::from_shared(self.url.clone()).map_err(|e| unreachable(e.to_string()))?;
+        if let Some(tls) = &self.tls {
+            let config = tls.load().map_err(|e| unreachable(e.to_string()))?;
+            endpoint = endpoint
+                .tls_config(config)
+                .map_err(|e| unreachable(e.to_string()))?;
+        }
+        let channel = endpoint
             .connect_timeout(self.connect_timeout)
             .timeout(self.query_timeout)
             .connect()

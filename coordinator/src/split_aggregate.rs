@@ -344,6 +344,7 @@ pub(crate) mod tests {
                 url: "http://127.0.0.1:9".into(),
                 user: "coordinator".into(),
                 token_file: "unused".into(),
+                tls: None,
             };
             let client = Arc::new(NodeClient::new(
                 &endpoint,

@@ -88,14 +88,7 @@ fn default_listen() -> String {
 
 /// TLS settings: the server's certificate and key (PEM), and optionally the
 /// CA whose certificates callers must present (mutual TLS).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_ca_file: Option<PathBuf>,
-}
+pub type TlsConfig = carrow_sql::tls::ServerTls;
 
 /// What a caller is allowed to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -618,11 +611,7 @@ impl NodeConfig {
             fix(p);
         }
         if let Some(tls) = &mut self.tls {
-            fix(&mut tls.cert_file);
-            fix(&mut tls.key_file);
-            if let Some(ca) = &mut tls.client_ca_file {
-                fix(ca);
-            }
+            tls.resolve_paths(base);
         }
         if let Some(p) = &mut self.opt_out_list {
             fix(p);

@@ -45,29 +45,8 @@ pub enum NodeError {
     },
     #[error("the Flight SQL server stopped: {0}")]
     Serve(String),
-    #[error("TLS: cannot read {path}: {source}")]
-    Tls {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
-}
-
-/// The server's TLS settings; with a client CA, callers must present a
-/// certificate it signed (mutual TLS).
-fn tls_config(tls: &config::TlsConfig) -> Result<tonic::transport::ServerTlsConfig, NodeError> {
-    let read = |path: &std::path::Path| {
-        std::fs::read(path).map_err(|source| NodeError::Tls {
-            path: path.to_path_buf(),
-            source,
-        })
-    };
-    let identity =
-        tonic::transport::Identity::from_pem(read(&tls.cert_file)?, read(&tls.key_file)?);
-    let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
-    if let Some(ca) = &tls.client_ca_file {
-        config = config.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
-    }
-    Ok(config)
+    #[error(transparent)]
+    Tls(#[from] carrow_sql::tls::TlsError),
 }
 
 /// A node serving on a socket.
@@ -83,7 +62,11 @@ impl RunningNode {
     /// Builds the node from `config` and starts serving on `config.listen`.
     pub async fn start(config: NodeConfig) -> Result<Self, NodeError> {
         let listen = config.listen.clone();
-        let tls = config.tls.as_ref().map(tls_config).transpose()?;
+        let tls = config
+            .tls
+            .as_ref()
+            .map(carrow_sql::tls::ServerTls::load)
+            .transpose()?;
         let state = Arc::new(NodeState::build(config).await?);
         let endpoint =
             carrow_sql::FlightSqlEndpoint::new(Arc::new(NodeBackend::new(state.clone())));

@@ -9,6 +9,7 @@ pub mod cooperative;
 pub mod error;
 pub mod flight;
 pub mod statement;
+pub mod tls;
 
 pub use error::QueryError;
 pub use flight::{Backend, Caller, FlightSqlEndpoint, QueryScope, Released, RequestMeta, Stage};

@@ -156,6 +156,7 @@ pub fn generate(opts: &GenerateOptions) -> Result<Summary, SynthError> {
             url: format!("http://127.0.0.1:{}", configs::default_port(org.name)),
             user: "coordinator".into(),
             token_file: PathBuf::from(format!("../secrets/coordinator-{}.token", org.name)),
+            tls: None,
         });
     }
     let coordinator_dir = opts.out.join("coordinator");
@@ -178,6 +179,7 @@ fn coordinator_config(
 ) -> Result<CoordinatorConfig, SynthError> {
     Ok(CoordinatorConfig {
         listen: "127.0.0.1:50050".into(),
+        tls: None,
         state_dir: "state".into(),
         audit_key: None,
         default_project: configs::DEMO_PROJECT.into(),

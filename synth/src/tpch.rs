@@ -167,6 +167,7 @@ pub fn generate(out: &Path, scale_factor: f64) -> Result<TpchSummary, SynthError
             url: format!("http://127.0.0.1:{port}"),
             user: "coordinator".into(),
             token_file: PathBuf::from(format!("../secrets/coordinator-{node}.token")),
+            tls: None,
         });
     }
     let coordinator_dir = out.join("coordinator");

@@ -31,8 +31,23 @@ pub fn adbc(
     token_file: &std::path::Path,
     queries: serde_json::Value,
 ) -> serde_json::Value {
+    adbc_tls(uri, user, token_file, None, queries)
+}
+
+/// [`adbc`] over TLS (`grpc+tls://`), trusting the CA in `root_certs`.
+pub fn adbc_tls(
+    uri: &str,
+    user: &str,
+    token_file: &std::path::Path,
+    root_certs: Option<&std::path::Path>,
+    queries: serde_json::Value,
+) -> serde_json::Value {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/adbc_client.py");
-    let mut child = Command::new(python())
+    let mut command = Command::new(python());
+    if let Some(ca) = root_certs {
+        command.env("CARROW_TLS_ROOT_CERTS", ca);
+    }
+    let mut child = command
         .arg(script)
         .args([uri, user, token_file.to_str().unwrap()])
         .stdin(Stdio::piped())

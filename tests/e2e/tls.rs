@@ -1,11 +1,66 @@
-//! Mutual TLS as an option: a node with a client CA serves only callers
-//! presenting a certificate that CA signed (and still checks their token).
+//! TLS on every link: a node with a client CA serves only callers
+//! presenting a certificate that CA signed (and still checks their token);
+//! a coordinator serves its users over TLS and reaches nodes over TLS and
+//! mutual TLS; plain-text clients are refused where TLS is required.
 
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use crate::support::{NodeProcess, generate, query, rows};
+
+/// A test CA with a server certificate for 127.0.0.1/localhost and a
+/// client certificate, written as PEM files under `dir`.
+struct Pki {
+    ca_pem: String,
+    dir: std::path::PathBuf,
+    client_cert: String,
+    client_key: String,
+}
+
+impl Pki {
+    fn make(dir: &std::path::Path) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let server_key = KeyPair::generate().unwrap();
+        let server_cert =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .unwrap()
+                .signed_by(&server_key, &ca)
+                .unwrap();
+        let client_key = KeyPair::generate().unwrap();
+        let client_cert = CertificateParams::new(vec!["coordinator".to_string()])
+            .unwrap()
+            .signed_by(&client_key, &ca)
+            .unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.join("server.pem"), server_cert.pem()).unwrap();
+        std::fs::write(dir.join("server.key"), server_key.serialize_pem()).unwrap();
+        std::fs::write(dir.join("client.pem"), client_cert.pem()).unwrap();
+        std::fs::write(dir.join("client.key"), client_key.serialize_pem()).unwrap();
+        Self {
+            ca_pem: ca.pem(),
+            dir: dir.to_path_buf(),
+            client_cert: client_cert.pem(),
+            client_key: client_key.serialize_pem(),
+        }
+    }
+
+    fn file(&self, name: &str) -> std::path::PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Server settings; `mutual`: callers need a certificate from the CA.
+    fn server(&self, mutual: bool) -> carrow_sql::tls::ServerTls {
+        carrow_sql::tls::ServerTls {
+            cert_file: self.file("server.pem"),
+            key_file: self.file("server.key"),
+            client_ca_file: mutual.then(|| self.file("ca.pem")),
+        }
+    }
+}
 
 async fn tls_client(
     addr: std::net::SocketAddr,
@@ -32,43 +87,19 @@ async fn tls_client(
 async fn mutual_tls_admits_only_callers_with_a_certificate_from_the_client_ca() {
     let dir = tempfile::tempdir().unwrap();
     generate(dir.path(), 300, 51);
-    let pki = dir.path().join("pki");
-    std::fs::create_dir(&pki).unwrap();
-
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let server_key = KeyPair::generate().unwrap();
-    let server_cert =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .unwrap()
-            .signed_by(&server_key, &ca)
-            .unwrap();
-    let client_key = KeyPair::generate().unwrap();
-    let client_cert = CertificateParams::new(vec!["coordinator".to_string()])
-        .unwrap()
-        .signed_by(&client_key, &ca)
-        .unwrap();
-    std::fs::write(pki.join("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(pki.join("server.pem"), server_cert.pem()).unwrap();
-    std::fs::write(pki.join("server.key"), server_key.serialize_pem()).unwrap();
-
+    let pki = Pki::make(&dir.path().join("pki"));
     let config_path = dir.path().join("gp/node.toml");
     let mut config: carrow_node::NodeConfig =
         toml::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
-    config.tls = Some(carrow_node::config::TlsConfig {
-        cert_file: pki.join("server.pem"),
-        key_file: pki.join("server.key"),
-        client_ca_file: Some(pki.join("ca.pem")),
-    });
+    config.tls = Some(pki.server(true));
     std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
     let node = NodeProcess::start(&config_path);
     let token = std::fs::read_to_string(dir.path().join("secrets/coordinator-gp.token")).unwrap();
 
     let mut admitted = tls_client(
         node.addr,
-        &ca.pem(),
-        Some((client_cert.pem(), client_key.serialize_pem())),
+        &pki.ca_pem,
+        Some((pki.client_cert.clone(), pki.client_key.clone())),
     )
     .await
     .unwrap();
@@ -84,7 +115,7 @@ async fn mutual_tls_admits_only_callers_with_a_certificate_from_the_client_ca() 
     assert!(count[0][0].parse::<u64>().unwrap() > 0);
 
     // Without a client certificate the TLS handshake or the first call fails.
-    let refused = match tls_client(node.addr, &ca.pem(), None).await {
+    let refused = match tls_client(node.addr, &pki.ca_pem, None).await {
         Err(e) => e,
         Ok(mut c) => c
             .handshake("coordinator", token.trim())
@@ -96,4 +127,98 @@ async fn mutual_tls_admits_only_callers_with_a_certificate_from_the_client_ca() 
     // A plain connection is not served either.
     let plain = crate::support::try_client(node.addr, "coordinator", token.trim()).await;
     assert!(plain.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_coordinator_serves_over_tls_and_federates_nodes_over_tls_and_mutual_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    generate(root, 600, 52);
+    let pki = Pki::make(&root.join("pki"));
+    // acute: TLS; gp and council: mutual TLS.
+    let nodes: Vec<(&str, NodeProcess)> = [("acute", false), ("gp", true), ("council", true)]
+        .into_iter()
+        .map(|(name, mutual)| {
+            let path = root.join(format!("{name}/node.toml"));
+            let mut config: carrow_node::NodeConfig =
+                toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            config.tls = Some(pki.server(mutual));
+            std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+            (name, NodeProcess::start(&path))
+        })
+        .collect();
+    let addrs: Vec<(&str, std::net::SocketAddr)> = nodes
+        .iter()
+        .map(|(name, node)| (*name, node.addr))
+        .collect();
+    let coordinator = crate::coordinator::start_coordinator_at(root, &addrs, |config| {
+        config.tls = Some(pki.server(false));
+        for node in &mut config.nodes {
+            node.url = node.url.replace("http://", "https://");
+            let mutual = node.name != "acute";
+            node.tls = Some(carrow_sql::tls::ClientTls {
+                ca_file: pki.file("ca.pem"),
+                cert_file: mutual.then(|| pki.file("client.pem")),
+                key_file: mutual.then(|| pki.file("client.key")),
+                domain: Some("localhost".into()),
+            });
+        }
+    });
+    let password = std::fs::read_to_string(root.join("secrets/planner.token")).unwrap();
+
+    // A federated query over TLS reaches all three nodes.
+    let mut planner = tls_client(coordinator.addr, &pki.ca_pem, None)
+        .await
+        .unwrap();
+    planner.handshake("planner", password.trim()).await.unwrap();
+    let sql = "SELECT node, count(*) FROM combined.contacts GROUP BY node ORDER BY node";
+    let counted = rows(&query(&mut planner, sql).await.unwrap());
+    let named: Vec<&str> = counted.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(named, ["acute", "council", "gp"], "{counted:?}");
+
+    // The reference client over TLS, trusting the test CA.
+    let out = crate::adbc::adbc_tls(
+        &format!("grpc+tls://localhost:{}", coordinator.addr.port()),
+        "planner",
+        &root.join("secrets/planner.token"),
+        Some(&pki.file("ca.pem")),
+        serde_json::json!([{ "sql": sql }]),
+    );
+    assert_eq!(out["results"][0]["ok"], true, "{out}");
+    assert_eq!(
+        out["results"][0]["rows"].as_array().unwrap().len(),
+        3,
+        "{out}"
+    );
+
+    // The CLI over TLS.
+    let out = crate::support::run(&[
+        "sql",
+        "--url",
+        &format!("https://localhost:{}", coordinator.addr.port()),
+        "--user",
+        "planner",
+        "--password-file",
+        root.join("secrets/planner.token").to_str().unwrap(),
+        "--ca-file",
+        pki.file("ca.pem").to_str().unwrap(),
+        sql,
+    ]);
+    assert!(out.status.success(), "{}", crate::support::stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("council"));
+
+    // Plain text to the coordinator is refused: no password crosses in clear.
+    let plain = crate::support::try_client(coordinator.addr, "planner", password.trim()).await;
+    assert!(plain.is_err());
+    // A TLS client that does not trust the coordinator's CA is refused too.
+    let other = Pki::make(&root.join("other-pki"));
+    let untrusted = match tls_client(coordinator.addr, &other.ca_pem, None).await {
+        Err(e) => Some(e),
+        Ok(mut c) => c
+            .handshake("planner", password.trim())
+            .await
+            .err()
+            .map(|e| e.to_string()),
+    };
+    assert!(untrusted.is_some());
 }

@@ -1,6 +1,7 @@
 """Runs queries through the Python ADBC Flight SQL driver, the reference client.
 
 Usage: adbc_client.py URI USER TOKEN_FILE < queries.json
+(with CARROW_TLS_ROOT_CERTS=CA.pem for a grpc+tls:// URI)
 queries.json: [{"sql": "...", "params": [..] or null, "read_with": "arrow" | "pandas" | "polars",
                 "save_to": "path.arrow" (optional: the Arrow table as an IPC file)}, ...]
 Prints JSON: {"tables": [...], "results": [{"ok", "types", "rows", "metadata"} or {"ok": false, "error"}]}
@@ -9,6 +10,7 @@ coverage manifest and disclosure report). Statements run in one session, in
 order, so a `SET carrow.allow_partial = true` holds for those after it.
 """
 import json
+import os
 import sys
 
 import adbc_driver_flightsql.dbapi as flight_sql
@@ -26,7 +28,12 @@ def main():
     with open(token_file) as f:
         token = f.read().strip()
     out = {"tables": [], "results": []}
-    with flight_sql.connect(uri, db_kwargs={"username": user, "password": token}) as conn:
+    db_kwargs = {"username": user, "password": token}
+    # For grpc+tls:// URIs: the CA that signed the server's certificate.
+    if os.environ.get("CARROW_TLS_ROOT_CERTS"):
+        with open(os.environ["CARROW_TLS_ROOT_CERTS"]) as f:
+            db_kwargs["adbc.flight.sql.client_option.tls_root_certs"] = f.read()
+    with flight_sql.connect(uri, db_kwargs=db_kwargs) as conn:
         objects = conn.adbc_get_objects(depth="tables").read_all().to_pylist()
         for catalog in objects:
             for schema in catalog["catalog_db_schemas"] or []:
