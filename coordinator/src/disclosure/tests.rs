@@ -46,6 +46,7 @@ fn client(node: &str) -> Arc<NodeClient> {
         url: "http://127.0.0.1:9".into(),
         user: "coordinator".into(),
         token_file: "unused".into(),
+        tls: None,
     };
     Arc::new(NodeClient::new(
         &endpoint,
