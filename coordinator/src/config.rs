@@ -103,8 +103,8 @@ pub struct UserConfig {
     pub role: Role,
     /// The password's argon2id hash, as a PHC string (`$argon2id$...`).
     pub password_hash: String,
-    /// Projects the user may query; none listed: any project the national
-    /// data opt-out applies to (an exempt project needs naming here).
+    /// Projects the user may query (planners) or submit requests for
+    /// (researchers); none listed: the default project only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub projects: Vec<String>,
 }
@@ -388,7 +388,9 @@ impl CoordinatorConfig {
         problems
     }
 
-    /// Whether `user` may query `project`, or why not.
+    /// Whether `user` may query `project`, or why not: a user with no
+    /// `projects` listed may use the default project only (unless it is
+    /// exempt from the national data opt-out, which needs naming).
     pub fn may_use(&self, user: &str, project: &str) -> Result<(), String> {
         let listed = self
             .users
@@ -396,18 +398,29 @@ impl CoordinatorConfig {
             .find(|u| u.name == user)
             .map(|u| u.projects.as_slice())
             .unwrap_or_default();
-        match (listed.is_empty(), self.opt_out_exemption(project)) {
-            (false, _) if listed.iter().any(|p| p == project) => Ok(()),
-            (false, _) => Err(format!(
+        if listed.iter().any(|p| p == project) {
+            return Ok(());
+        }
+        if !listed.is_empty() {
+            return Err(format!(
                 "{user} may query projects {} only, not {project}",
                 listed.join(", ")
-            )),
-            (true, None) => Ok(()),
-            (true, Some(basis)) => Err(format!(
+            ));
+        }
+        if let Some(basis) = self.opt_out_exemption(project) {
+            return Err(format!(
                 "project {project} is exempt from the national data opt-out ({basis}): \
                  only users the configuration names for it may query it"
-            )),
+            ));
         }
+        if project != self.default_project {
+            return Err(format!(
+                "{user} may query the default project {} only, not {project}: \
+                 the configuration lists no other project for them",
+                self.default_project
+            ));
+        }
+        Ok(())
     }
 
     /// The basis on which `project` is exempt from the national data
@@ -454,5 +467,33 @@ token_file = "acute.token"
             assert!(text.contains(field), "missing {field} in\n{text}");
         }
         assert_eq!(problems.len(), 3, "{text}");
+    }
+
+    #[test]
+    fn users_are_bound_to_their_listed_projects_or_the_default() {
+        let mut cfg: CoordinatorConfig = toml::from_str(EXAMPLE).unwrap();
+        let user = |name: &str, projects: &[&str]| UserConfig {
+            name: name.into(),
+            role: Role::Planner,
+            password_hash: String::new(),
+            projects: projects.iter().map(|p| p.to_string()).collect(),
+        };
+        cfg.users = vec![user("ann", &[]), user("bob", &["cancer", "demo"]), user("cat", &["care"])];
+        cfg.purposes.insert(
+            "care".into(),
+            carrow_governance::purpose::ProjectPurpose {
+                opt_out_exempt: Some("direct care".into()),
+                direct_care: true,
+            },
+        );
+        assert!(cfg.may_use("ann", "demo").is_ok());
+        let err = cfg.may_use("ann", "cancer").unwrap_err();
+        assert!(err.contains("default project demo only, not cancer"), "{err}");
+        assert!(cfg.may_use("ann", "care").unwrap_err().contains("exempt"));
+        assert!(cfg.may_use("bob", "cancer").is_ok() && cfg.may_use("bob", "demo").is_ok());
+        assert!(cfg.may_use("bob", "care").unwrap_err().contains("cancer, demo only"));
+        assert!(cfg.may_use("cat", "care").is_ok());
+        assert!(cfg.may_use("cat", "demo").is_err());
+        assert!(cfg.may_use("nobody", "cancer").is_err());
     }
 }

@@ -632,6 +632,13 @@ impl CoordinatorBackend {
                         .map_err(governance_error)?;
                     (run.request, Some(run.id))
                 };
+                // A user's projects can shrink after an approval.
+                if let Err(reason) = self.state.config.may_use(&caller.user, &request.project) {
+                    if let Some(run) = run {
+                        let _ = store.finish_run(run, false);
+                    }
+                    return Err(QueryError::refused(rules::PROJECTS, reason));
+                }
                 if let Some(asked) = &meta.project
                     && *asked != request.project
                 {
@@ -809,6 +816,14 @@ impl Backend for CoordinatorBackend {
                 }
                 let new: NewRequest = serde_json::from_value(input.clone())
                     .map_err(|e| QueryError::Invalid(format!("action {name}: {e}")))?;
+                if let Err(reason) = self.state.config.may_use(&caller.user, &new.project) {
+                    self.state.record(json!({
+                        "kind": "request", "action": "submit", "user": caller.user,
+                        "role": caller.role, "project": new.project, "sql": new.sql,
+                        "outcome": "refused", "error": reason,
+                    }));
+                    return Err(QueryError::refused(rules::PROJECTS, reason));
+                }
                 let request = store.submit(&caller.user, &new).map_err(governance_error)?;
                 self.state.record(json!({
                     "kind": "request", "action": "submit", "user": caller.user, "role": caller.role,

@@ -456,6 +456,48 @@ async fn researchers_run_only_what_two_other_governance_users_approved() {
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("request 4: submitted"));
+
+    // Projects bind users: a request for a project the researcher is not
+    // listed for is refused and audited, and so is a planner's query there.
+    let out = run(&[
+        "request",
+        "submit",
+        "--url",
+        &url,
+        "--user",
+        "researcher",
+        "--password-file",
+        secret.to_str().unwrap(),
+        "--project",
+        "cancer_audit",
+        "--purpose",
+        "registered population",
+        "--output",
+        "aggregate",
+        sql_file.to_str().unwrap(),
+    ]);
+    let said = stderr(&out);
+    assert!(
+        !out.status.success()
+            && said.contains("projects of the user")
+            && said.contains("default project demo only, not cancer_audit"),
+        "{said}"
+    );
+    let mut planner = login(addr, root, "planner").await;
+    planner.set_header("x-carrow-project", "cancer_audit");
+    let err = query(
+        &mut planner,
+        "SELECT sex, count(*) FROM gp.registrations GROUP BY sex",
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains("not cancer_audit"), "{err}");
+    let log = std::fs::read_to_string(root.join("coordinator/state/audit.jsonl")).unwrap();
+    let refusals: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("cancer_audit") && l.contains("\"refused\""))
+        .collect();
+    assert_eq!(refusals.len(), 2, "{refusals:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
