@@ -132,6 +132,10 @@ pub struct DisclosureConfig {
     /// The secret record keys are derived from (64 hex characters, mode
     /// 0600); default `state_dir/cell-key.secret`, made at first start.
     pub cell_key_secret_file: Option<PathBuf>,
+    /// Parameters weaker than every preset's are refused unless this is
+    /// set (the board's decision, written down).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_weaker_than_presets: bool,
 }
 
 impl DisclosureConfig {
@@ -290,8 +294,14 @@ impl CoordinatorConfig {
                 problems.push(format!("users[{i}].password_hash: {e}"));
             }
         }
-        if let Err(CoordinatorError::InvalidConfig(mut found)) = self.disclosure.rules() {
-            problems.append(&mut found);
+        match self.disclosure.rules() {
+            Err(CoordinatorError::InvalidConfig(mut found)) => problems.append(&mut found),
+            Ok(rules) if !self.disclosure.allow_weaker_than_presets => {
+                problems.extend(rules.weaker_than_presets().into_iter().map(|weak| {
+                    format!("{weak}: set disclosure.allow_weaker_than_presets = true to mean it")
+                }));
+            }
+            _ => {}
         }
         if problems.is_empty() {
             Ok(())

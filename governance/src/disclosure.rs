@@ -84,6 +84,14 @@ pub struct Rules {
 }
 
 impl Preset {
+    /// Every preset.
+    pub const ALL: [Preset; 4] = [
+        Preset::Carrow,
+        Preset::Datashield,
+        Preset::Opensafely,
+        Preset::Pcornet,
+    ];
+
     /// The preset's rules. Every preset perturbs by the cell key method and
     /// applies the magnitude rules: (n,k) = (2, 85), sdcTable's default, and
     /// the p% rule with p = 20 (agencies keep their own p confidential; 20
@@ -165,6 +173,37 @@ impl Rules {
             rules.p_percent = p;
         }
         Ok(rules)
+    }
+
+    /// Each parameter set weaker than every preset sets it, named with the
+    /// weakest preset value (empty when no parameter is).
+    pub fn weaker_than_presets(&self) -> Vec<String> {
+        let presets: Vec<Rules> = Preset::ALL.iter().map(|p| p.rules()).collect();
+        let weakest = |get: fn(&Rules) -> u64, stronger_is_larger: bool| {
+            let values = presets.iter().map(get);
+            if stronger_is_larger {
+                values.min()
+            } else {
+                values.max()
+            }
+            .expect("there are presets")
+        };
+        let mut weaker = Vec::new();
+        let mut check = |name: &str, get: fn(&Rules) -> u64, stronger_is_larger: bool| {
+            let (mine, floor) = (get(self), weakest(get, stronger_is_larger));
+            let weaker_here = if stronger_is_larger { mine < floor } else { mine > floor };
+            if weaker_here {
+                weaker.push(format!(
+                    "disclosure.{name} = {mine} is weaker than every preset (the weakest has {floor})"
+                ));
+            }
+        };
+        check("min_persons", |r| r.min_persons, true);
+        check("threshold_margin", |r| r.threshold_margin.into(), true);
+        check("dominance_n", |r| r.dominance_n.into(), true);
+        check("dominance_k", |r| r.dominance_k.into(), false);
+        check("p_percent", |r| r.p_percent.into(), true);
+        weaker
     }
 
     /// One line saying what was applied, for result metadata and logs.
@@ -681,5 +720,37 @@ mod tests {
         let c = sum_of(&p);
         assert!(c.top()[..2].iter().sum::<f64>() / c.total_abs <= 0.85 + 1e-9);
         assert_eq!(rules.magnitude_sensitive(&c), Some(MagnitudeRule::PPercent));
+    }
+
+    #[test]
+    fn settings_weaker_than_every_preset_are_named() {
+        for preset in Preset::ALL {
+            assert!(preset.rules().weaker_than_presets().is_empty(), "{preset:?}");
+        }
+        let weak = Overrides {
+            min_persons: Some(2),
+            threshold_margin: Some(0),
+            dominance_k: Some(95),
+            ..Default::default()
+        };
+        let named = Rules::new(Preset::Datashield, weak)
+            .unwrap()
+            .weaker_than_presets()
+            .join("\n");
+        for part in [
+            "min_persons = 2 is weaker than every preset (the weakest has 3)",
+            "threshold_margin = 0",
+            "dominance_k = 95",
+        ] {
+            assert!(named.contains(part), "{named}");
+        }
+        assert!(!named.contains("p_percent"), "{named}");
+        // Stronger than the presets is fine.
+        let strong = Overrides {
+            min_persons: Some(20),
+            p_percent: Some(50),
+            ..Default::default()
+        };
+        assert!(Rules::new(Preset::Carrow, strong).unwrap().weaker_than_presets().is_empty());
     }
 }

@@ -138,6 +138,61 @@ fn node_config_errors_name_the_field_and_the_file() {
 }
 
 #[test]
+fn coordinator_check_refuses_disclosure_weaker_than_every_preset_unless_meant() {
+    let dir = tempfile::tempdir().unwrap();
+    generate(dir.path(), 200, 8);
+    let path = dir.path().join("coordinator/coordinator.toml");
+    let original = fs::read_to_string(&path).unwrap();
+    let check = || run(&["coordinator", "--config", path.to_str().unwrap(), "--check"]);
+    assert!(check().status.success(), "{}", stderr(&check()));
+
+    let mut config: toml::Table = toml::from_str(&original).unwrap();
+    let disclosure = config
+        .entry("disclosure")
+        .or_insert_with(|| toml::Value::Table(Default::default()))
+        .as_table_mut()
+        .unwrap();
+    disclosure.insert("preset".into(), "datashield".into());
+    disclosure.insert("min_persons".into(), 2.into());
+    disclosure.insert("threshold_margin".into(), 0.into());
+    fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+    let out = check();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("disclosure.min_persons = 2 is weaker than every preset (the weakest has 3)")
+            && err.contains("disclosure.threshold_margin = 0")
+            && err.contains("allow_weaker_than_presets"),
+        "{err}"
+    );
+    // The coordinator does not start with them either.
+    let started = run(&["coordinator", "--config", path.to_str().unwrap()]);
+    assert!(stderr(&started).contains("weaker than every preset"));
+
+    config["disclosure"]
+        .as_table_mut()
+        .unwrap()
+        .insert("allow_weaker_than_presets".into(), true.into());
+    fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+    assert!(check().status.success(), "{}", stderr(&check()));
+
+    // TLS files are opened by --check too.
+    config.insert(
+        "tls".into(),
+        toml::Value::Table(toml::toml! {
+            cert_file = "missing-cert.pem"
+            key_file = "missing-key.pem"
+        }),
+    );
+    fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+    let err = stderr(&check());
+    assert!(
+        err.contains("tls: TLS: cannot read cert_file") && err.contains("missing-cert.pem"),
+        "{err}"
+    );
+}
+
+#[test]
 fn linkage_secret_with_wrong_permissions_or_length_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     generate(dir.path(), 200, 6);
