@@ -22,6 +22,9 @@ pub struct CoordinatorConfig {
     /// Address the client-facing Flight SQL server listens on.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Address of the operations listener (`/health`, `/metrics`); none: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops_listen: Option<String>,
     /// TLS on the client listener (users' passwords cross it); with
     /// `client_ca_file`, clients must present a certificate that CA signed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -488,7 +491,11 @@ token_file = "acute.token"
             password_hash: String::new(),
             projects: projects.iter().map(|p| p.to_string()).collect(),
         };
-        cfg.users = vec![user("ann", &[]), user("bob", &["cancer", "demo"]), user("cat", &["care"])];
+        cfg.users = vec![
+            user("ann", &[]),
+            user("bob", &["cancer", "demo"]),
+            user("cat", &["care"]),
+        ];
         cfg.purposes.insert(
             "care".into(),
             carrow_governance::purpose::ProjectPurpose {
@@ -498,10 +505,17 @@ token_file = "acute.token"
         );
         assert!(cfg.may_use("ann", "demo").is_ok());
         let err = cfg.may_use("ann", "cancer").unwrap_err();
-        assert!(err.contains("default project demo only, not cancer"), "{err}");
+        assert!(
+            err.contains("default project demo only, not cancer"),
+            "{err}"
+        );
         assert!(cfg.may_use("ann", "care").unwrap_err().contains("exempt"));
         assert!(cfg.may_use("bob", "cancer").is_ok() && cfg.may_use("bob", "demo").is_ok());
-        assert!(cfg.may_use("bob", "care").unwrap_err().contains("cancer, demo only"));
+        assert!(
+            cfg.may_use("bob", "care")
+                .unwrap_err()
+                .contains("cancer, demo only")
+        );
         assert!(cfg.may_use("cat", "care").is_ok());
         assert!(cfg.may_use("cat", "demo").is_err());
         assert!(cfg.may_use("nobody", "cancer").is_err());

@@ -63,7 +63,10 @@ pub struct RunningCoordinator {
     pub addr: SocketAddr,
     /// Its state: the node catalog.
     pub state: Arc<CoordinatorState>,
+    /// The operations listener's address, if it has one.
+    pub ops_addr: Option<SocketAddr>,
     server: carrow_sql::flight::RunningServer,
+    ops: Option<carrow_sql::ops::OpsServer>,
     refresher: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -86,6 +89,19 @@ impl RunningCoordinator {
                 source,
             })?;
         tracing::info!(addr = %server.addr, "coordinator serving Flight SQL");
+        let ops = match &state.config().ops_listen {
+            Some(listen) => {
+                let ops = carrow_sql::ops::OpsServer::start(listen, state.clone())
+                    .await
+                    .map_err(|source| CoordinatorError::Bind {
+                        addr: listen.clone(),
+                        source,
+                    })?;
+                tracing::info!(addr = %ops.addr, "ops listener serving /health and /metrics");
+                Some(ops)
+            }
+            None => None,
+        };
         let refresher = (state.refresh_interval() > 0).then(|| {
             let state = state.clone();
             tokio::spawn(async move {
@@ -101,7 +117,9 @@ impl RunningCoordinator {
         Ok(Self {
             addr: server.addr,
             state,
+            ops_addr: ops.as_ref().map(|o| o.addr),
             server,
+            ops,
             refresher,
         })
     }
@@ -110,6 +128,9 @@ impl RunningCoordinator {
     pub async fn stop(self) -> Result<(), CoordinatorError> {
         if let Some(refresher) = &self.refresher {
             refresher.abort();
+        }
+        if let Some(ops) = self.ops {
+            ops.stop().await;
         }
         self.server.stop().await.map_err(CoordinatorError::Serve)
     }

@@ -70,6 +70,8 @@ pub struct LinkageIndex {
     /// from; `None` when no node keeps a register.
     opt_out_version: Option<String>,
     fingerprint: u64,
+    /// When the index was built.
+    pub built: std::time::SystemTime,
 }
 
 impl LinkageIndex {
@@ -358,6 +360,7 @@ fn index_from_records(
         withheld,
         opt_out_version,
         fingerprint,
+        built: std::time::SystemTime::now(),
     }
 }
 

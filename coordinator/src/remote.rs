@@ -125,6 +125,8 @@ pub struct FragmentRecord {
     /// The node's signed audit checkpoint after recording the fragment:
     /// this log pins the node's (`carrow audit reconcile`).
     pub node_checkpoint: Option<String>,
+    /// From sending the fragment to its last batch or failure.
+    pub elapsed_ms: u64,
 }
 
 /// The coverage manifest of one query: every node it needed, and every
@@ -504,6 +506,8 @@ impl NodeClient {
             QueryError::Unavailable(format!("node {name} failed the fragment: {e}"))
         };
         tracing::debug!(node = %self.name, query_id = %context.query_id, %sql, "fragment");
+        let started = std::time::Instant::now();
+        let elapsed_ms = move || started.elapsed().as_millis() as u64;
         let refused = |e: String| FragmentRecord {
             node: self.name.clone(),
             sql: sql.clone(),
@@ -512,6 +516,7 @@ impl NodeClient {
             node_query_id: None,
             node_audit_head: None,
             node_checkpoint: None,
+            elapsed_ms: elapsed_ms(),
         };
         let doing = "failed the fragment";
         let info = match client.execute(sql.clone(), None).await {
@@ -584,6 +589,7 @@ impl NodeClient {
             node_query_id: None,
             node_audit_head: None,
             node_checkpoint: None,
+            elapsed_ms: 0,
         };
         let name = self.name.clone();
         let coverage = context.coverage.clone();
@@ -611,6 +617,7 @@ impl NodeClient {
                             let mut done = pending.take()?;
                             let error = remote_error(e, &name, "failed while streaming");
                             done.status = format!("failed: {error}");
+                            done.elapsed_ms = elapsed_ms();
                             coverage.record(done);
                             Some((
                                 Err(DataFusionError::External(Box::new(error))),
@@ -619,6 +626,7 @@ impl NodeClient {
                         }
                         None => {
                             let mut done = pending.take()?;
+                            done.elapsed_ms = elapsed_ms();
                             if let Some(bytes) =
                                 receipt.lock().unwrap_or_else(|p| p.into_inner()).take()
                             {

@@ -12,6 +12,7 @@ use carrow_governance::disclosure::RecordKeys;
 use carrow_governance::roles::verify_password;
 use carrow_governance::{AuditLog, GovernanceError, NewRequest, Output, RequestStore, Role, Rules};
 use carrow_sql::flight::{AuditMark, Stage};
+use carrow_sql::ops::{Health, Metrics, Ops};
 use carrow_sql::{Backend, Caller, QueryError, QueryScope, Released, RequestMeta};
 use datafusion::catalog::{
     CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider,
@@ -79,6 +80,8 @@ pub struct CoordinatorState {
     linkage: std::sync::RwLock<HashMap<String, Arc<LinkageIndex>>>,
     /// Held while an index is built, so one build runs at a time.
     linking: tokio::sync::Mutex<()>,
+    /// Counters for the operations listener.
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for CoordinatorState {
@@ -138,6 +141,7 @@ impl CoordinatorState {
             audit,
             linkage: std::sync::RwLock::new(HashMap::new()),
             linking: tokio::sync::Mutex::new(()),
+            metrics: Metrics::default(),
         };
         state.refresh().await?;
         let default_project = state.config.default_project.clone();
@@ -312,6 +316,59 @@ impl CoordinatorState {
         self.config.users.iter().find(|u| u.name == name)
     }
 
+    /// The coordinator's configuration.
+    pub fn config(&self) -> &CoordinatorConfig {
+        &self.config
+    }
+
+    /// Counts a statement's outcome and its fragments for `/metrics`.
+    fn count(
+        &self,
+        role: &str,
+        outcome: Result<Released, &QueryError>,
+        fragments: &[crate::remote::FragmentRecord],
+    ) {
+        let m = &self.metrics;
+        let (word, rows) = match outcome {
+            Ok(r) => ("ok", r.rows),
+            Err(e) => (e.outcome(), 0),
+        };
+        m.add(
+            "carrow_queries_total",
+            "Queries by role and outcome.",
+            &[("role", role), ("outcome", word)],
+            1.0,
+        );
+        if let Err(QueryError::Refused { rule, .. }) = outcome {
+            m.add(
+                "carrow_refusals_total",
+                "Queries refused, by the rule that refused them.",
+                &[("rule", rule)],
+                1.0,
+            );
+        }
+        m.add(
+            "carrow_rows_released_total",
+            "Result rows released to users, by role.",
+            &[("role", role)],
+            rows as f64,
+        );
+        for fragment in fragments {
+            m.observe(
+                "carrow_fragment_seconds",
+                "Time from sending a fragment to its last batch, by node.",
+                &[("node", &fragment.node)],
+                fragment.elapsed_ms as f64 / 1000.0,
+            );
+            m.add(
+                "carrow_node_rows_total",
+                "Rows nodes sent for queries, by node.",
+                &[("node", &fragment.node)],
+                fragment.rows as f64,
+            );
+        }
+    }
+
     /// The coordinator's audit log.
     pub fn audit(&self) -> &AuditLog {
         &self.audit
@@ -456,6 +513,7 @@ impl CoordinatorBackend {
         err: QueryError,
     ) -> QueryError {
         tracing::warn!(user = %caller.user, role = %caller.role, %query_id, error = %err, "query refused");
+        self.state.count(&caller.role, Err(&err), &[]);
         self.state.record(json!({
             "kind": "query",
             "query_id": query_id,
@@ -961,6 +1019,8 @@ impl QueryScope for CoordinatorScope {
         {
             tracing::error!(run, error = %e, "cannot record the end of a research run");
         }
+        let fragments = self.coverage.fragments();
+        self.state.count(&self.caller.role, outcome, &fragments);
         let coverage = self.coverage.to_json();
         match &outcome {
             Ok(r) => tracing::info!(
@@ -998,7 +1058,7 @@ impl QueryScope for CoordinatorScope {
             "rows": rows,
             "duration_ms": self.started.elapsed().as_millis() as u64,
             "nodes": self.coverage.nodes(),
-            "fragments": self.coverage.fragments(),
+            "fragments": fragments,
             "disclosure": self.sink.get(),
             "opt_out_exemption": self.state.config.opt_out_exemption(&self.project),
             "small_population": self.sink.get().is_some_and(|r| r.small_cells + r.cells_below_threshold > 0),
@@ -1039,5 +1099,81 @@ impl QueryScope for CoordinatorScope {
     /// row can be checked against the others (totals) before release.
     fn completes_before_sending(&self) -> bool {
         self.allow_partial || self.control.is_some()
+    }
+}
+
+impl Ops for CoordinatorState {
+    fn health(&self) -> Health {
+        let unreachable = self.unreachable();
+        let nodes = (!unreachable.is_empty()).then(|| {
+            let names: Vec<&str> = unreachable.iter().map(|(n, _)| n.as_str()).collect();
+            format!("unreachable at the last refresh: {}", names.join(", "))
+        });
+        let project = &self.config.default_project;
+        let linkage = (self.config.link_records && self.current_index(project).is_none())
+            .then(|| format!("no linkage index for project {project} yet"));
+        Health::from_checks([
+            ("nodes".to_string(), nodes),
+            ("linkage_index".to_string(), linkage),
+        ])
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn refresh_gauges(&self) {
+        let m = &self.metrics;
+        let unreachable = self.unreachable();
+        for node in &self.config.nodes {
+            let up = !unreachable.iter().any(|(n, _)| *n == node.name);
+            m.set(
+                "carrow_node_up",
+                "Whether the node answered the last catalog refresh.",
+                &[("node", &node.name)],
+                if up { 1.0 } else { 0.0 },
+            );
+        }
+        let indexes: Vec<(String, Arc<LinkageIndex>)> = self
+            .linkage
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(p, i)| (p.clone(), i.clone()))
+            .collect();
+        for (project, index) in indexes {
+            let age = index.built.elapsed().map_or(0.0, |d| d.as_secs_f64());
+            m.set(
+                "carrow_linkage_index_age_seconds",
+                "Seconds since the project's linkage index was built.",
+                &[("project", &project)],
+                age,
+            );
+            m.set(
+                "carrow_linkage_index_records",
+                "Records in the project's linkage index.",
+                &[("project", &project)],
+                index.report.records as f64,
+            );
+            m.set(
+                "carrow_linkage_index_persons",
+                "Persons the project's linkage index found.",
+                &[("project", &project)],
+                index.report.persons as f64,
+            );
+        }
+        m.set(
+            "carrow_audit_log_records",
+            "Records in the audit log.",
+            &[],
+            self.audit.records() as f64,
+        );
+        let bytes = std::fs::metadata(self.audit.path()).map_or(0, |m| m.len());
+        m.set(
+            "carrow_audit_log_bytes",
+            "Size of the audit log file.",
+            &[],
+            bytes as f64,
+        );
     }
 }

@@ -207,6 +207,11 @@ impl AuditLog {
         self.lock().checkpoint.clone()
     }
 
+    /// Number of records.
+    pub fn records(&self) -> u64 {
+        self.lock().next_seq - 1
+    }
+
     /// The public key the log is signed with.
     pub fn public_key(&self) -> [u8; 32] {
         self.key.public()

@@ -191,7 +191,11 @@ impl Rules {
         let mut weaker = Vec::new();
         let mut check = |name: &str, get: fn(&Rules) -> u64, stronger_is_larger: bool| {
             let (mine, floor) = (get(self), weakest(get, stronger_is_larger));
-            let weaker_here = if stronger_is_larger { mine < floor } else { mine > floor };
+            let weaker_here = if stronger_is_larger {
+                mine < floor
+            } else {
+                mine > floor
+            };
             if weaker_here {
                 weaker.push(format!(
                     "disclosure.{name} = {mine} is weaker than every preset (the weakest has {floor})"
@@ -725,7 +729,10 @@ mod tests {
     #[test]
     fn settings_weaker_than_every_preset_are_named() {
         for preset in Preset::ALL {
-            assert!(preset.rules().weaker_than_presets().is_empty(), "{preset:?}");
+            assert!(
+                preset.rules().weaker_than_presets().is_empty(),
+                "{preset:?}"
+            );
         }
         let weak = Overrides {
             min_persons: Some(2),
@@ -751,6 +758,11 @@ mod tests {
             p_percent: Some(50),
             ..Default::default()
         };
-        assert!(Rules::new(Preset::Carrow, strong).unwrap().weaker_than_presets().is_empty());
+        assert!(
+            Rules::new(Preset::Carrow, strong)
+                .unwrap()
+                .weaker_than_presets()
+                .is_empty()
+        );
     }
 }

@@ -38,6 +38,9 @@ pub struct NodeConfig {
     /// Callers allowed to query this node.
     #[serde(default)]
     pub clients: Vec<ClientConfig>,
+    /// Address of the operations listener (`/health`, `/metrics`); none: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops_listen: Option<String>,
     /// TLS for the Flight SQL server; with `client_ca_file`, mutual TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,

@@ -55,7 +55,10 @@ pub struct RunningNode {
     pub addr: SocketAddr,
     /// Its state: published tables, audit log.
     pub state: Arc<NodeState>,
+    /// The operations listener's address, if it has one.
+    pub ops_addr: Option<SocketAddr>,
     server: carrow_sql::flight::RunningServer,
+    ops: Option<carrow_sql::ops::OpsServer>,
 }
 
 impl RunningNode {
@@ -77,15 +80,33 @@ impl RunningNode {
                 source,
             })?;
         tracing::info!(node = %state.name(), addr = %server.addr, "serving Flight SQL");
+        let ops = match &state.config().ops_listen {
+            Some(listen) => {
+                let ops = carrow_sql::ops::OpsServer::start(listen, state.clone())
+                    .await
+                    .map_err(|source| NodeError::Bind {
+                        addr: listen.clone(),
+                        source,
+                    })?;
+                tracing::info!(node = %state.name(), addr = %ops.addr, "ops listener serving /health and /metrics");
+                Some(ops)
+            }
+            None => None,
+        };
         Ok(Self {
             addr: server.addr,
             state,
+            ops_addr: ops.as_ref().map(|o| o.addr),
             server,
+            ops,
         })
     }
 
     /// Stops serving and waits for the server to finish.
     pub async fn stop(self) -> Result<(), NodeError> {
+        if let Some(ops) = self.ops {
+            ops.stop().await;
+        }
         self.server.stop().await.map_err(NodeError::Serve)
     }
 

@@ -9,6 +9,7 @@ use carrow_governance::{AuditLog, Checkpoint};
 use carrow_linkage::fields::FieldTokeniser;
 use carrow_linkage::{LinkageSecret, Tokeniser};
 use carrow_sql::flight::AuditMark;
+use carrow_sql::ops::{Health, Metrics, Ops};
 use carrow_sql::{Backend, Caller, QueryError, QueryScope, Released, RequestMeta, Stage};
 use datafusion::arrow::array::Array;
 use datafusion::arrow::util::display::array_value_to_string;
@@ -48,6 +49,8 @@ pub struct NodeState {
     /// Per project not exempt from the national data opt-out: the pids
     /// withheld for objections recorded at other organisations.
     withheld: HashMap<String, Arc<Withheld>>,
+    /// Counters for the operations listener.
+    metrics: Metrics,
 }
 
 /// When a cached token table was made, and from which source file times
@@ -181,6 +184,7 @@ impl NodeState {
             pid_tokenisers,
             token_tables: std::sync::Mutex::new(HashMap::new()),
             withheld,
+            metrics: Metrics::default(),
         })
     }
 
@@ -198,6 +202,11 @@ impl NodeState {
                 (table.name.clone(), provider)
             })
             .collect()
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
     }
 
     /// The node's name.
@@ -345,6 +354,34 @@ impl NodeState {
         fresh.then(|| table.clone())
     }
 
+    /// Counts a statement's outcome for `/metrics`.
+    fn count(&self, role: &str, outcome: Result<Released, &QueryError>) {
+        let (word, rows) = match outcome {
+            Ok(r) => ("ok", r.rows),
+            Err(e) => (e.outcome(), 0),
+        };
+        self.metrics.add(
+            "carrow_statements_total",
+            "Statements by caller role and outcome.",
+            &[("role", role), ("outcome", word)],
+            1.0,
+        );
+        if let Err(QueryError::Refused { rule, .. }) = outcome {
+            self.metrics.add(
+                "carrow_refusals_total",
+                "Statements refused, by the policy rule that refused them.",
+                &[("rule", rule)],
+                1.0,
+            );
+        }
+        self.metrics.add(
+            "carrow_rows_released_total",
+            "Rows sent to callers, by caller role.",
+            &[("role", role)],
+            rows as f64,
+        );
+    }
+
     /// Records a statement refused before it ran; returns the refusal.
     fn refused(
         &self,
@@ -355,6 +392,7 @@ impl NodeState {
         sql: &str,
         e: QueryError,
     ) -> QueryError {
+        self.count(&caller.role, Err(&e));
         self.record(json!({
             "query_id": query_id,
             "upstream_query_id": meta.upstream_query_id,
@@ -760,6 +798,7 @@ impl QueryScope for NodeScope {
             .into_iter()
             .map(|(table, columns)| json!({ "table": table, "columns": columns }))
             .collect();
+        self.state.count(&self.caller.role, outcome);
         let (status, rows, bytes, error) = match outcome {
             Ok(r) => ("ok", r.rows, r.bytes, None),
             Err(e) => (e.outcome(), 0, 0, Some(e.to_string())),
@@ -794,5 +833,56 @@ impl QueryScope for NodeScope {
             "withheld_for_opt_outs": self.recorder.withheld(),
             "opt_out_exemption": self.state.config.purpose(&self.project).opt_out_exempt,
         }))
+    }
+}
+
+impl Ops for NodeState {
+    fn health(&self) -> Health {
+        let unavailable = self.unavailable();
+        let tables = (!unavailable.is_empty()).then(|| {
+            let names: Vec<&str> = unavailable.iter().map(|(t, _)| t.as_str()).collect();
+            format!("tables unavailable: {}", names.join(", "))
+        });
+        let audit = (!self.audit.path().exists())
+            .then(|| format!("audit log {} is missing", self.audit.path().display()));
+        Health::from_checks([
+            ("sources".to_string(), tables),
+            ("audit_log".to_string(), audit),
+        ])
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn refresh_gauges(&self) {
+        let m = &self.metrics;
+        m.set(
+            "carrow_audit_log_records",
+            "Records in the audit log.",
+            &[],
+            self.audit.records() as f64,
+        );
+        let bytes = std::fs::metadata(self.audit.path()).map_or(0, |m| m.len());
+        m.set(
+            "carrow_audit_log_bytes",
+            "Size of the audit log file.",
+            &[],
+            bytes as f64,
+        );
+        m.set(
+            "carrow_tables_unavailable",
+            "Published tables whose source cannot be read.",
+            &[],
+            self.unavailable().len() as f64,
+        );
+        for (project, withheld) in &self.withheld {
+            m.set(
+                "carrow_withheld_pids",
+                "Pseudonyms withheld for objections recorded at other organisations, by project.",
+                &[("project", project)],
+                withheld.len() as f64,
+            );
+        }
     }
 }

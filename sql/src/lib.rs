@@ -8,6 +8,7 @@ pub mod boundary;
 pub mod cooperative;
 pub mod error;
 pub mod flight;
+pub mod ops;
 pub mod statement;
 pub mod tls;
 

@@ -99,6 +99,7 @@ pub(crate) fn base(org: &str, creds: &NodeCredentials) -> NodeConfig {
         linkage_secret_file: PathBuf::from("../secrets/linkage.key"),
         audit_log: PathBuf::from("audit.jsonl"),
         audit_key: None,
+        ops_listen: None,
         projects: vec![DEMO_PROJECT.into(), DIRECT_CARE_PROJECT.into()],
         default_project: DEMO_PROJECT.into(),
         purposes: direct_care_purposes(),

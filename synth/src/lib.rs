@@ -180,6 +180,7 @@ fn coordinator_config(
     Ok(CoordinatorConfig {
         listen: "127.0.0.1:50050".into(),
         tls: None,
+        ops_listen: None,
         state_dir: "state".into(),
         audit_key: None,
         default_project: configs::DEMO_PROJECT.into(),

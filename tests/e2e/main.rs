@@ -11,6 +11,7 @@ mod governance;
 mod ground_truth;
 mod linkage;
 mod node;
+mod ops;
 mod opt_outs;
 mod postgres;
 mod robustness;
