@@ -595,13 +595,17 @@ impl NodeClient {
         let coverage = context.coverage.clone();
         let linkage = context.linkage.clone();
         let planned = schema.clone();
-        let batches = futures::stream::unfold(
-            (decoded, Some(fragment)),
-            move |(mut decoded, mut pending)| {
+        let pending = PendingFragment {
+            record: Some(fragment),
+            coverage: context.coverage.clone(),
+            elapsed_ms: Box::new(elapsed_ms),
+        };
+        let batches =
+            futures::stream::unfold((decoded, pending), move |(mut decoded, mut pending)| {
                 let (name, coverage, receipt) = (name.clone(), coverage.clone(), receipt.clone());
                 let (linkage, planned) = (linkage.clone(), planned.clone());
                 async move {
-                    let open = pending.as_mut()?;
+                    let open = pending.record.as_mut()?;
                     match decoded.next().await {
                         Some(Ok(batch)) => {
                             open.rows += batch.num_rows() as u64;
@@ -614,18 +618,18 @@ impl NodeClient {
                             Some((batch, (decoded, pending)))
                         }
                         Some(Err(e)) => {
-                            let mut done = pending.take()?;
+                            let mut done = pending.record.take()?;
                             let error = remote_error(e, &name, "failed while streaming");
                             done.status = format!("failed: {error}");
                             done.elapsed_ms = elapsed_ms();
                             coverage.record(done);
                             Some((
                                 Err(DataFusionError::External(Box::new(error))),
-                                (decoded, None),
+                                (decoded, pending),
                             ))
                         }
                         None => {
-                            let mut done = pending.take()?;
+                            let mut done = pending.record.take()?;
                             done.elapsed_ms = elapsed_ms();
                             if let Some(bytes) =
                                 receipt.lock().unwrap_or_else(|p| p.into_inner()).take()
@@ -637,9 +641,28 @@ impl NodeClient {
                         }
                     }
                 }
-            },
-        );
+            });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
+    }
+}
+
+/// A fragment being streamed: recorded in the query's coverage when it
+/// ends, fails, or is dropped unfinished (the query stopped reading it: a
+/// limit was met, another node failed, the client went away), so the
+/// coordinator's log accounts for every fragment a node may have served.
+struct PendingFragment {
+    record: Option<FragmentRecord>,
+    coverage: Arc<Coverage>,
+    elapsed_ms: Box<dyn Fn() -> u64 + Send + Sync>,
+}
+
+impl Drop for PendingFragment {
+    fn drop(&mut self) {
+        if let Some(mut record) = self.record.take() {
+            record.status = "stopped before its end: the query stopped reading it".into();
+            record.elapsed_ms = (self.elapsed_ms)();
+            self.coverage.record(record);
+        }
     }
 }
 

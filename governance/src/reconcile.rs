@@ -114,6 +114,13 @@ pub fn reconcile(
             ("coordinator", verified.get("coordinator")),
         );
     }
+    // Queries the coordinator started and never recorded an outcome for:
+    // it stopped (killed, crashed) while running them; `verify` names them.
+    let unfinished: HashSet<String> = coordinator_entries
+        .iter()
+        .filter(|e| e.body["kind"] == "query" && e.body["phase"] == crate::audit::PHASE_STARTED)
+        .filter_map(|e| Some(e.body["query_id"].as_str()?.to_string()))
+        .collect();
     let queries: HashMap<String, Entry> = coordinator_entries
         .into_iter()
         .filter(|e| e.body["kind"] == "query" && e.body["phase"] != crate::audit::PHASE_STARTED)
@@ -161,6 +168,9 @@ pub fn reconcile(
             };
             // Only the coordinator's queries (`q-…`), not catalog listings.
             if !upstream.starts_with("q-") || claimed.contains(node_query) {
+                continue;
+            }
+            if !queries.contains_key(upstream) && unfinished.contains(upstream) {
                 continue;
             }
             let recorded_as_failed = queries.get(upstream).is_some_and(|q| {

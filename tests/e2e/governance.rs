@@ -926,6 +926,82 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn untouched_logs_reconcile_whatever_the_queries_outcomes() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    generate(root, 1_200, 76);
+    let mut cluster = start(root);
+    let addr = cluster.coordinator.addr;
+    let limited =
+        "SELECT a.pid FROM acute.admissions a JOIN council.clients c ON a.pid = c.pid LIMIT 3";
+    let streamed = "SELECT a.pid, a.admission_method, g.sex FROM acute.admissions a JOIN gp.registrations g ON a.pid = g.pid";
+    let failing = "SELECT CAST(a.admission_method AS INT) AS m FROM acute.admissions a JOIN gp.registrations g ON a.pid = g.pid";
+    let endless = "SELECT a.pid, g.pid FROM acute.admissions a CROSS JOIN gp.registrations g";
+    let mut researcher = crate::support::approved_researcher(
+        addr,
+        root,
+        &[limited, streamed, failing, endless],
+        "extract",
+    )
+    .await;
+    let mut planner = login(addr, root, "planner").await;
+    // Released, refused, stopped early by a limit, failed at the
+    // coordinator after nodes served, abandoned by the client.
+    query(
+        &mut planner,
+        "SELECT sex, count(*) FROM gp.registrations GROUP BY sex",
+    )
+    .await
+    .unwrap();
+    query(&mut planner, "SELECT pid FROM gp.registrations")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        rows(&query(&mut researcher, limited).await.unwrap()).len(),
+        3
+    );
+    let err = query(&mut researcher, failing).await.unwrap_err();
+    assert!(err.to_lowercase().contains("cast"), "{err}");
+    let mut abandoned = crate::support::open_stream(&mut researcher, streamed).await;
+    abandoned.next().await.unwrap().unwrap();
+    drop(abandoned);
+    let coordinator_log = root.join("coordinator/state/audit.jsonl");
+    // The coordinator notices the client went away and records the end.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !log_lines(&coordinator_log).iter().any(|l| {
+        let r: Value = serde_json::from_str(l).unwrap();
+        r["body"]["sql"] == streamed && r["body"]["phase"] == "finished"
+    }) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the abandoned query never ended"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    let acute_log = root.join("acute/audit.jsonl");
+    let (code, printed) = reconcile_with(root, &coordinator_log, &acute_log);
+    assert_eq!(code, Some(0), "{printed}");
+
+    // The coordinator killed while it streams: nodes served fragments of
+    // a query its log started and never finished. Nothing was tampered.
+    let mut endless_stream = crate::support::open_stream(&mut researcher, endless).await;
+    endless_stream.next().await.unwrap().unwrap();
+    let _ = cluster.coordinator.child.kill();
+    let _ = cluster.coordinator.child.wait();
+    drop(endless_stream);
+    let (code, printed) = reconcile_with(root, &coordinator_log, &acute_log);
+    assert_eq!(code, Some(0), "{printed}");
+    let out = run(&["audit", "verify", coordinator_log.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("started with no outcome"),
+        "{said}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_coordinator_killed_mid_work_loses_no_committed_approval_and_its_log_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
