@@ -66,8 +66,21 @@ fn first_line(text: &str) -> &str {
 }
 
 /// The demo itself.
+/// Where the demo writes its servers' logs: in the kept directory, or a
+/// file in the temporary directory named for the process.
+pub fn log_path(keep: Option<&Path>) -> PathBuf {
+    match keep {
+        Some(dir) => dir.join("carrow-demo.log"),
+        None => std::env::temp_dir().join(format!("carrow-demo-{}.log", std::process::id())),
+    }
+}
+
 pub async fn run(people: usize, seed: u64, keep: Option<PathBuf>) -> anyhow::Result<()> {
     let started = Instant::now();
+    println!(
+        "(the nodes' and coordinator's logs go to {})\n",
+        log_path(keep.as_deref()).display()
+    );
     let dir = keep.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("carrow-demo-{}", std::process::id()))
     });

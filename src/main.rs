@@ -236,7 +236,16 @@ enum KeysCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    if let Command::Demo { keep, .. } = &cli.command {
+        // The demo's report is the terminal's; its servers' logs go to a file.
+        let log = demo::log_path(keep.as_deref());
+        if let Err(e) = init_file_logging(&log) {
+            eprintln!("error: cannot write the demo's log {}: {e}", log.display());
+            return ExitCode::FAILURE;
+        }
+    } else {
+        init_logging(cli.log_format);
+    }
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -244,6 +253,33 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Everything (or what `RUST_LOG` asks for) to the file at `path`; only
+/// errors to the terminal.
+fn init_file_logging(path: &std::path::Path) -> std::io::Result<()> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let file = std::fs::File::create(path)?;
+    let to_file = tracing_subscriber::fmt::layer()
+        .with_writer(std::sync::Mutex::new(file))
+        .with_ansi(false)
+        .with_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        );
+    let to_terminal = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(tracing_subscriber::filter::LevelFilter::ERROR);
+    tracing_subscriber::registry()
+        .with(to_file)
+        .with(to_terminal)
+        .init();
+    Ok(())
 }
 
 fn init_logging(format: LogFormat) {

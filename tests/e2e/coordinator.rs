@@ -845,7 +845,8 @@ fn carrow_demo_runs_end_to_end() {
         "People aged 75 and over admitted to hospital in the last year who also receive home care",
         "Emergency admissions among adult social care clients",
         "Long-term conditions of people in residential or nursing care",
-        "chain intact",
+        "chain and signed checkpoints intact",
+        "reconciled: ",
         "coverage: acute ok (data to 2026-",
         "values perturbed and rounded",
         "cells of fewer than 10 persons suppressed",
@@ -855,6 +856,29 @@ fn carrow_demo_runs_end_to_end() {
     ] {
         assert!(text.contains(heading), "missing {heading:?} in\n{text}");
     }
+    // The closing check: every fragment in both logs, each side's
+    // checkpoints of the other verified, both directions proved per node.
+    let reconciled = text.split("reconciled: ").nth(1).unwrap();
+    let numbers: Vec<u64> = reconciled
+        .split_whitespace()
+        .take(16)
+        .filter_map(|w| w.trim_end_matches([',', ';']).parse().ok())
+        .collect();
+    assert!(
+        numbers.len() >= 3 && numbers[0] > 0 && numbers[1] > 0,
+        "{reconciled}"
+    );
+    assert_eq!(numbers[2], 6, "{reconciled}");
+    // A clean report: the servers' logs are in the file it names.
+    let log = keep.join("carrow-demo.log");
+    assert!(text.contains(&log.display().to_string()), "{text}");
+    let said = stderr(&out);
+    assert!(!said.contains(" INFO "), "{said}");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains(" INFO ") && logged.contains("linkage index built"),
+        "{logged}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
