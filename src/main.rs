@@ -375,7 +375,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 );
                 return Ok(());
             }
-            runtime()?.block_on(serve_coordinator(cfg))
+            runtime()?.block_on(serve_coordinator(cfg, config))
         }
         Command::Demo { people, seed, keep } => runtime()?.block_on(demo::run(people, seed, keep)),
         Command::Bench {
@@ -529,10 +529,20 @@ async fn serve_node(cfg: carrow_node::NodeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve_coordinator(cfg: carrow_coordinator::CoordinatorConfig) -> anyhow::Result<()> {
-    let mut coordinator = carrow_coordinator::RunningCoordinator::start(cfg)
-        .await
-        .context("starting the coordinator")?;
+async fn serve_coordinator(
+    cfg: carrow_coordinator::CoordinatorConfig,
+    path: PathBuf,
+) -> anyhow::Result<()> {
+    // An organisation added to `[[nodes]]` joins at the next refresh.
+    let reload: carrow_coordinator::NodesReload = std::sync::Arc::new(move || {
+        config::load_coordinator(&path)
+            .map(|c| c.nodes)
+            .map_err(|e| format!("{e:#}"))
+    });
+    let mut coordinator =
+        carrow_coordinator::RunningCoordinator::start_with_reload(cfg, Some(reload))
+            .await
+            .context("starting the coordinator")?;
     println!("coordinator listening on {}", coordinator.addr);
     for (node, reason) in coordinator.state.unreachable() {
         println!("coordinator: node {node} unreachable at start: {reason}");

@@ -51,11 +51,33 @@ pub async fn build(catalog: &dyn CatalogProvider) -> Result<Arc<MemorySchemaProv
             (f.name().clone(), f.data_type().clone())
         };
         let wanted: Vec<_> = fields.iter().map(shape).collect();
-        if parts
-            .iter()
-            .any(|(_, p)| p.schema().fields().iter().map(shape).collect::<Vec<_>>() != wanted)
-        {
-            tracing::warn!(%table, nodes = ?parts.iter().map(|p| &p.0).collect::<Vec<_>>(), "nodes publish this table with different columns: no combined table");
+        let differing = parts.iter().find_map(|(node, p)| {
+            let got: Vec<_> = p.schema().fields().iter().map(shape).collect();
+            (got != wanted).then(|| {
+                let first = wanted
+                    .iter()
+                    .zip(&got)
+                    .find(|(w, g)| w != g)
+                    .map(|(w, g)| {
+                        format!(
+                            "{} {} at {}, {} {} at {node}",
+                            w.0, w.1, parts[0].0, g.0, g.1
+                        )
+                    })
+                    .unwrap_or_else(|| {
+                        format!(
+                            "{} columns at {}, {} at {node}",
+                            wanted.len(),
+                            parts[0].0,
+                            got.len()
+                        )
+                    });
+                first
+            })
+        });
+        if let Some(difference) = differing {
+            tracing::warn!(%table, nodes = ?parts.iter().map(|p| &p.0).collect::<Vec<_>>(), %difference,
+                "nodes publish this table with different columns: no combined table");
             continue;
         }
         let mut union: Option<LogicalPlanBuilder> = None;

@@ -57,6 +57,9 @@ pub enum CoordinatorError {
     Tls(#[from] carrow_sql::tls::TlsError),
 }
 
+/// Reads the configuration's `[[nodes]]` again (blocking: reads files).
+pub type NodesReload = Arc<dyn Fn() -> Result<Vec<config::NodeEndpoint>, String> + Send + Sync>;
+
 /// A coordinator serving on a socket.
 pub struct RunningCoordinator {
     /// The address it listens on (useful with port 0).
@@ -73,6 +76,16 @@ pub struct RunningCoordinator {
 impl RunningCoordinator {
     /// Builds the catalog from the nodes and starts serving on `config.listen`.
     pub async fn start(config: CoordinatorConfig) -> Result<Self, CoordinatorError> {
+        Self::start_with_reload(config, None).await
+    }
+
+    /// [`start`](Self::start), re-reading the `[[nodes]]` of the
+    /// configuration with `reload` before each catalog refresh: an
+    /// organisation added there joins at the next refresh.
+    pub async fn start_with_reload(
+        config: CoordinatorConfig,
+        reload: Option<NodesReload>,
+    ) -> Result<Self, CoordinatorError> {
         let listen = config.listen.clone();
         let tls = config
             .tls
@@ -108,6 +121,16 @@ impl RunningCoordinator {
                 let period = std::time::Duration::from_secs(state.refresh_interval());
                 loop {
                     tokio::time::sleep(period).await;
+                    if let Some(reload) = reload.clone() {
+                        match tokio::task::spawn_blocking(move || reload()).await {
+                            Ok(Ok(endpoints)) => {
+                                state.add_nodes(&endpoints);
+                            }
+                            Ok(Err(e)) => tracing::warn!(error = %e,
+                                "cannot read the configuration again: the federation's nodes are unchanged"),
+                            Err(e) => tracing::warn!(error = %e, "reading the configuration stopped"),
+                        }
+                    }
                     if let Err(e) = state.refresh().await {
                         tracing::error!(error = %e, "catalog refresh failed");
                     }

@@ -27,7 +27,7 @@ use datafusion::prelude::SessionContext;
 use serde_json::json;
 
 use crate::CoordinatorError;
-use crate::config::{COMBINED_SCHEMA, CoordinatorConfig, UserConfig};
+use crate::config::{COMBINED_SCHEMA, CoordinatorConfig, NodeEndpoint, UserConfig};
 use crate::disclosure::{DisclosurePlanner, ReportSink};
 use crate::last_query::{LastQuery, SessionCatalog};
 use crate::linkage::LinkageIndex;
@@ -59,7 +59,9 @@ pub struct CoordinatorState {
     /// Each user's turns (`max_queries_per_user`).
     user_turns: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
     catalog: Arc<MemoryCatalogProvider>,
-    nodes: Vec<Arc<NodeClient>>,
+    /// The federation's nodes: those of the configuration at start, and
+    /// any added to it since (picked up at a catalog refresh).
+    nodes: std::sync::RwLock<Vec<Arc<NodeClient>>>,
     /// Nodes that did not answer the last catalog refresh, with the reason.
     unreachable: std::sync::Mutex<Vec<(String, String)>>,
     /// Each node's last catalog, kept across restarts.
@@ -96,21 +98,11 @@ impl CoordinatorState {
     /// Reads every node's token, then lists every node's tables (see
     /// [`refresh`](Self::refresh)).
     pub async fn build(config: CoordinatorConfig) -> Result<Self, CoordinatorError> {
-        let mut nodes = Vec::new();
-        for endpoint in &config.nodes {
-            let token = std::fs::read_to_string(&endpoint.token_file).map_err(|source| {
-                CoordinatorError::Token {
-                    path: endpoint.token_file.clone(),
-                    source,
-                }
-            })?;
-            nodes.push(Arc::new(NodeClient::new(
-                endpoint,
-                token.trim().to_string(),
-                Duration::from_millis(config.connect_timeout_ms),
-                Duration::from_millis(config.query_timeout_ms),
-            )));
-        }
+        let nodes = config
+            .nodes
+            .iter()
+            .map(|endpoint| node_client(&config, endpoint))
+            .collect::<Result<Vec<_>, _>>()?;
         let turns = Arc::new(tokio::sync::Semaphore::new(
             (config.memory_limit_mb / config.query_memory_mb).max(1),
         ));
@@ -131,7 +123,7 @@ impl CoordinatorState {
             turns,
             user_turns: std::sync::Mutex::new(HashMap::new()),
             catalog: Arc::new(MemoryCatalogProvider::new()),
-            nodes,
+            nodes: std::sync::RwLock::new(nodes),
             unreachable: std::sync::Mutex::new(Vec::new()),
             known,
             rules,
@@ -156,7 +148,8 @@ impl CoordinatorState {
     /// back), and is reported.
     pub async fn refresh(&self) -> Result<(), CoordinatorError> {
         let mut unreachable = Vec::new();
-        for client in &self.nodes {
+        let nodes = self.nodes();
+        for client in &nodes {
             let tables = match client.tables(&self.config.default_project).await {
                 Ok(tables) => {
                     self.known.remember(&client.name, &tables);
@@ -203,7 +196,7 @@ impl CoordinatorState {
             .collect();
         for (project, previous) in in_use {
             match crate::linkage::build(
-                &self.nodes,
+                &nodes,
                 &project,
                 Some(previous),
                 self.config.link_group_warning_size,
@@ -228,7 +221,7 @@ impl CoordinatorState {
         let Some(version) = index.opt_out_version() else {
             return;
         };
-        for node in &self.nodes {
+        for node in &self.nodes() {
             let pids = index.withheld(&node.name);
             match node.send_withheld(project, version, pids).await {
                 Ok(held) => {
@@ -255,7 +248,7 @@ impl CoordinatorState {
             return Some(index);
         }
         match crate::linkage::build(
-            &self.nodes,
+            &self.nodes(),
             project,
             None,
             self.config.link_group_warning_size,
@@ -314,6 +307,40 @@ impl CoordinatorState {
 
     fn user(&self, name: &str) -> Option<&UserConfig> {
         self.config.users.iter().find(|u| u.name == name)
+    }
+
+    /// The federation's nodes now.
+    pub fn nodes(&self) -> Vec<Arc<NodeClient>> {
+        self.nodes.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Adds the nodes of `endpoints` the federation does not have yet (an
+    /// organisation joining; read from the configuration file again at a
+    /// refresh) and returns their names. A changed or removed entry needs
+    /// a restart, and is logged as such.
+    pub fn add_nodes(&self, endpoints: &[NodeEndpoint]) -> Vec<String> {
+        let known: Vec<String> = self.nodes().iter().map(|n| n.name.clone()).collect();
+        let mut added = Vec::new();
+        for endpoint in endpoints.iter().filter(|e| !known.contains(&e.name)) {
+            match node_client(&self.config, endpoint) {
+                Ok(client) => {
+                    tracing::info!(node = %endpoint.name, url = %endpoint.url, "node joins the federation");
+                    self.nodes
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(client);
+                    added.push(endpoint.name.clone());
+                }
+                Err(e) => tracing::error!(node = %endpoint.name, error = %e, "new node not added"),
+            }
+        }
+        for name in known
+            .iter()
+            .filter(|n| !endpoints.iter().any(|e| &e.name == *n))
+        {
+            tracing::warn!(node = %name, "node no longer configured: it stays in the federation until a restart");
+        }
+        added
     }
 
     /// The coordinator's configuration.
@@ -392,6 +419,25 @@ impl CoordinatorState {
             }
         }
     }
+}
+
+/// A client of the node at `endpoint`, with its token read from its file.
+fn node_client(
+    config: &CoordinatorConfig,
+    endpoint: &NodeEndpoint,
+) -> Result<Arc<NodeClient>, CoordinatorError> {
+    let token = std::fs::read_to_string(&endpoint.token_file).map_err(|source| {
+        CoordinatorError::Token {
+            path: endpoint.token_file.clone(),
+            source,
+        }
+    })?;
+    Ok(Arc::new(NodeClient::new(
+        endpoint,
+        token.trim().to_string(),
+        Duration::from_millis(config.connect_timeout_ms),
+        Duration::from_millis(config.query_timeout_ms),
+    )))
 }
 
 /// Loads the cell-key secret, or makes one (mode 0600) at first start.
@@ -1125,7 +1171,7 @@ impl Ops for CoordinatorState {
     fn refresh_gauges(&self) {
         let m = &self.metrics;
         let unreachable = self.unreachable();
-        for node in &self.config.nodes {
+        for node in &self.nodes() {
             let up = !unreachable.iter().any(|(n, _)| *n == node.name);
             m.set(
                 "carrow_node_up",

@@ -9,6 +9,7 @@ mod febrl;
 mod generated_sql;
 mod governance;
 mod ground_truth;
+mod joining;
 mod linkage;
 mod node;
 mod ops;

@@ -8,16 +8,16 @@ use carrow_node::config::{PostgresSource, SourceConfig};
 
 use crate::support::{NodeProcess, client, generate, query, rows};
 
-struct Pg {
-    host: String,
-    port: u16,
-    user: String,
-    password_file: PathBuf,
+pub(crate) struct Pg {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) user: String,
+    pub(crate) password_file: PathBuf,
     log: PathBuf,
     psql: PathBuf,
 }
 
-fn pg() -> Pg {
+pub(crate) fn pg() -> Pg {
     let var = |name: &str| {
         std::env::var(name).unwrap_or_else(|_| {
             panic!(
@@ -36,7 +36,7 @@ fn pg() -> Pg {
 }
 
 impl Pg {
-    fn psql(&self, database: &str, command: &str) {
+    pub(crate) fn psql(&self, database: &str, command: &str) {
         let password = std::fs::read_to_string(&self.password_file).unwrap();
         let out = Command::new(&self.psql)
             .args([
@@ -64,7 +64,7 @@ impl Pg {
     }
 
     /// Loads a CSV file into a new table of text columns.
-    fn load_csv(&self, database: &str, table: &str, csv: &Path) {
+    pub(crate) fn load_csv(&self, database: &str, table: &str, csv: &Path) {
         let header = std::fs::read_to_string(csv)
             .unwrap()
             .lines()

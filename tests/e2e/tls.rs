@@ -11,7 +11,7 @@ use crate::support::{NodeProcess, generate, query, rows};
 
 /// A test CA with a server certificate for 127.0.0.1/localhost and a
 /// client certificate, written as PEM files under `dir`.
-struct Pki {
+pub(crate) struct Pki {
     ca_pem: String,
     dir: std::path::PathBuf,
     client_cert: String,
@@ -19,7 +19,7 @@ struct Pki {
 }
 
 impl Pki {
-    fn make(dir: &std::path::Path) -> Self {
+    pub(crate) fn make(dir: &std::path::Path) -> Self {
         std::fs::create_dir_all(dir).unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -48,7 +48,7 @@ impl Pki {
         }
     }
 
-    fn file(&self, name: &str) -> std::path::PathBuf {
+    pub(crate) fn file(&self, name: &str) -> std::path::PathBuf {
         self.dir.join(name)
     }
 
