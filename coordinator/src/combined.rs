@@ -54,7 +54,7 @@ pub async fn build(catalog: &dyn CatalogProvider) -> Result<Arc<MemorySchemaProv
         let differing = parts.iter().find_map(|(node, p)| {
             let got: Vec<_> = p.schema().fields().iter().map(shape).collect();
             (got != wanted).then(|| {
-                let first = wanted
+                wanted
                     .iter()
                     .zip(&got)
                     .find(|(w, g)| w != g)
@@ -71,8 +71,7 @@ pub async fn build(catalog: &dyn CatalogProvider) -> Result<Arc<MemorySchemaProv
                             parts[0].0,
                             got.len()
                         )
-                    });
-                first
+                    })
             })
         });
         if let Some(difference) = differing {
