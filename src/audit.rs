@@ -159,6 +159,9 @@ pub fn reconcile_logs(coordinator: PathBuf, nodes: Vec<String>) -> anyhow::Resul
         .collect::<anyhow::Result<_>>()?;
     anyhow::ensure!(!nodes.is_empty(), "give at least one --node NAME=FILE");
     let result = reconcile(&coordinator, &nodes)?;
+    for note in &result.notes {
+        println!("NOTE {note}");
+    }
     for problem in &result.problems {
         println!("MISMATCH {problem}");
     }

@@ -25,6 +25,10 @@ pub struct CoordinatorConfig {
     /// Address of the operations listener (`/health`, `/metrics`); none: off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ops_listen: Option<String>,
+    /// The governance console (web pages for the board and researchers);
+    /// none: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console: Option<ConsoleConfig>,
     /// TLS on the client listener (users' passwords cross it); with
     /// `client_ca_file`, clients must present a certificate that CA signed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -167,6 +171,28 @@ fn default_connect_timeout_ms() -> u64 {
 
 fn default_query_timeout_ms() -> u64 {
     60_000
+}
+
+/// The governance console's listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Address the console's HTTP(S) server listens on.
+    pub listen: String,
+    /// TLS, as for the client listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<carrow_sql::tls::ServerTls>,
+    /// Minutes a console session lasts (default 60).
+    #[serde(default = "default_session_minutes")]
+    pub session_minutes: u64,
+    /// Copies of the nodes' audit logs the board holds (node name to
+    /// file): the audit page verifies and reconciles them.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub node_logs: std::collections::BTreeMap<String, PathBuf>,
+}
+
+fn default_session_minutes() -> u64 {
+    60
 }
 
 /// How to reach one node.
@@ -354,6 +380,16 @@ impl CoordinatorConfig {
         if let Some(tls) = &mut self.tls {
             tls.resolve_paths(base);
         }
+        if let Some(console) = &mut self.console {
+            if let Some(tls) = &mut console.tls {
+                tls.resolve_paths(base);
+            }
+            for path in console.node_logs.values_mut() {
+                if path.is_relative() {
+                    *path = base.join(&*path);
+                }
+            }
+        }
     }
 }
 
@@ -388,6 +424,17 @@ impl CoordinatorConfig {
         }
         if let Some(Err(e)) = self.tls.as_ref().map(|t| t.load()) {
             problems.push(format!("tls: {e}"));
+        }
+        if let Some(console) = &self.console {
+            if let Some(Err(e)) = console.tls.as_ref().map(|t| t.load()) {
+                problems.push(format!("console.tls: {e}"));
+            }
+            if console.listen.parse::<SocketAddr>().is_err() {
+                problems.push(format!(
+                    "console.listen: {:?} is not an IP address and port",
+                    console.listen
+                ));
+            }
         }
         let cell_key = self.cell_key_secret_file();
         if cell_key.exists()

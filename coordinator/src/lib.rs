@@ -16,6 +16,7 @@
 
 pub mod combined;
 pub mod config;
+pub mod console;
 pub mod disclosure;
 pub mod known_catalog;
 pub mod last_query;
@@ -68,8 +69,11 @@ pub struct RunningCoordinator {
     pub state: Arc<CoordinatorState>,
     /// The operations listener's address, if it has one.
     pub ops_addr: Option<SocketAddr>,
+    /// The governance console's address, if it has one.
+    pub console_addr: Option<SocketAddr>,
     server: carrow_sql::flight::RunningServer,
     ops: Option<carrow_sql::ops::OpsServer>,
+    console: Option<console::ConsoleServer>,
     refresher: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -115,6 +119,7 @@ impl RunningCoordinator {
             }
             None => None,
         };
+        let console = console::ConsoleServer::start(state.clone()).await?;
         let refresher = (state.refresh_interval() > 0).then(|| {
             let state = state.clone();
             tokio::spawn(async move {
@@ -141,8 +146,10 @@ impl RunningCoordinator {
             addr: server.addr,
             state,
             ops_addr: ops.as_ref().map(|o| o.addr),
+            console_addr: console.as_ref().map(|c| c.addr),
             server,
             ops,
+            console,
             refresher,
         })
     }
@@ -155,7 +162,12 @@ impl RunningCoordinator {
         if let Some(ops) = self.ops {
             ops.stop().await;
         }
-        self.server.stop().await.map_err(CoordinatorError::Serve)
+        if let Some(console) = self.console {
+            console.stop().await;
+        }
+        let stopped = self.server.stop().await.map_err(CoordinatorError::Serve);
+        self.state.record_stop();
+        stopped
     }
 
     /// Waits until the server stops by itself (an error).

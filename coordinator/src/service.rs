@@ -17,6 +17,7 @@ use carrow_sql::{Backend, Caller, QueryError, QueryScope, Released, RequestMeta}
 use datafusion::catalog::{
     CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider,
 };
+use datafusion::common::tree_node::TreeNode;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::SessionConfig;
@@ -135,6 +136,14 @@ impl CoordinatorState {
             linking: tokio::sync::Mutex::new(()),
             metrics: Metrics::default(),
         };
+        // Runs of the coordinator are marked in its log: a query left
+        // without outcome by a run that never stopped cleanly was running
+        // when the process stopped (`audit reconcile` tells the two apart).
+        state.record(json!({
+            "kind": carrow_governance::reconcile::SERVICE_KIND,
+            "event": "started",
+            "version": env!("CARGO_PKG_VERSION"),
+        }));
         state.refresh().await?;
         let default_project = state.config.default_project.clone();
         state.linkage_index(&default_project).await;
@@ -309,6 +318,108 @@ impl CoordinatorState {
         self.config.users.iter().find(|u| u.name == name)
     }
 
+    /// Records `caller`'s new request (a researcher's, for a project they
+    /// may use), with its audit record; `via` names the channel (flight,
+    /// console). Blocking: SQLite and the audit log.
+    pub fn submit_request(
+        &self,
+        caller: &Caller,
+        new: &NewRequest,
+        via: &str,
+    ) -> Result<carrow_governance::Request, QueryError> {
+        if let Err(reason) = self.config.may_use(&caller.user, &new.project) {
+            self.record(json!({
+                "kind": "request", "action": "submit", "via": via, "user": caller.user,
+                "role": caller.role, "project": new.project, "sql": new.sql,
+                "outcome": "refused", "rule": rules::PROJECTS, "error": reason,
+            }));
+            return Err(QueryError::refused(rules::PROJECTS, reason));
+        }
+        let outcome = self.requests.submit(&caller.user, new);
+        self.record(json!({
+            "kind": "request", "action": "submit", "via": via, "user": caller.user,
+            "role": caller.role, "request": outcome.as_ref().ok().map(|r| r.id),
+            "revises": new.revises, "project": new.project, "output": new.output,
+            "sql": new.sql, "outcome": if outcome.is_ok() { "ok" } else { "refused" },
+            "error": outcome.as_ref().err().map(|e| e.to_string()),
+        }));
+        outcome.map_err(governance_error)
+    }
+
+    /// Records a governance user's decision on request `id`, with its audit
+    /// record, whether it stands or is refused. Blocking.
+    pub fn decide_request(
+        &self,
+        caller: &Caller,
+        id: i64,
+        decision: &str,
+        comment: Option<&str>,
+        via: &str,
+    ) -> Result<carrow_governance::Request, QueryError> {
+        let outcome = self.requests.decide(id, &caller.user, decision, comment);
+        self.record(json!({
+            "kind": "request", "action": decision, "via": via, "user": caller.user,
+            "role": caller.role, "request": id, "comment": comment,
+            "outcome": if outcome.is_ok() { "ok" } else { "refused" },
+            "rule": outcome.is_err().then_some(rules::DECISIONS),
+            "error": outcome.as_ref().err().map(|e| e.to_string()),
+        }));
+        outcome.map_err(|e| match e {
+            GovernanceError::Refused(m) => QueryError::refused(rules::DECISIONS, m),
+            other => governance_error(other),
+        })
+    }
+
+    /// A user of the configuration, if `password` is theirs (argon2id: blocking).
+    pub fn login(&self, user: &str, password: &str) -> Option<Caller> {
+        self.user(user)
+            .filter(|u| verify_password(password, &u.password_hash))
+            .map(|u| Caller {
+                user: u.name.clone(),
+                role: u.role.to_string(),
+            })
+    }
+
+    /// The nodes, tables and columns `sql` reads, from its optimised
+    /// logical plan over the current catalog (nothing runs).
+    pub async fn reads(&self, sql: &str) -> Result<TableReads, String> {
+        let config = SessionConfig::new()
+            .with_default_catalog_and_schema(CATALOG, "public")
+            .with_information_schema(false);
+        let session = SessionContext::new_with_config(config);
+        session.register_catalog(CATALOG, self.catalog.clone() as Arc<dyn CatalogProvider>);
+        let state = session.state();
+        let plan = state
+            .create_logical_plan(sql)
+            .await
+            .and_then(|p| state.optimize(&p))
+            .map_err(|e| e.to_string())?;
+        let mut reads: std::collections::BTreeMap<
+            (String, String),
+            std::collections::BTreeSet<String>,
+        > = Default::default();
+        plan.apply(|node| {
+            if let LogicalPlan::TableScan(scan) = node {
+                let node_name = scan.table_name.schema().unwrap_or("?").to_string();
+                let columns = reads
+                    .entry((node_name, scan.table_name.table().to_string()))
+                    .or_default();
+                columns.extend(
+                    scan.projected_schema
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().clone()),
+                );
+            }
+            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        })
+        .map_err(|e| e.to_string())?;
+        Ok(reads
+            .into_iter()
+            .map(|((node, table), columns)| (node, table, columns.into_iter().collect()))
+            .collect())
+    }
+
     /// The federation's nodes now.
     pub fn nodes(&self) -> Vec<Arc<NodeClient>> {
         self.nodes.read().unwrap_or_else(|p| p.into_inner()).clone()
@@ -341,6 +452,13 @@ impl CoordinatorState {
             tracing::warn!(node = %name, "node no longer configured: it stays in the federation until a restart");
         }
         added
+    }
+
+    /// Records a clean stop: every running statement has its outcome.
+    pub fn record_stop(&self) {
+        self.record(
+            json!({ "kind": carrow_governance::reconcile::SERVICE_KIND, "event": "stopped" }),
+        );
     }
 
     /// The coordinator's configuration.
@@ -418,6 +536,17 @@ impl CoordinatorState {
                 None
             }
         }
+    }
+}
+
+/// What a statement reads: (node or `combined`, table, columns).
+pub type TableReads = Vec<(String, String, Vec<String>)>;
+
+/// The rule that refused a statement, if a rule did.
+fn rule_of(err: &QueryError) -> Option<&str> {
+    match err {
+        QueryError::Refused { rule, .. } => Some(rule),
+        _ => None,
     }
 }
 
@@ -569,6 +698,7 @@ impl CoordinatorBackend {
             "request": null,
             "sql": sql,
             "outcome": err.outcome(),
+            "rule": rule_of(&err),
             "error": err.to_string(),
         }));
         err
@@ -664,6 +794,9 @@ pub mod rules {
     /// Users work in their own projects; an exempt project only for users
     /// named to it.
     pub const PROJECTS: &str = "projects of the user";
+    /// Requests are decided by two governance users, never the requester,
+    /// each once, in the order a request's state allows.
+    pub const DECISIONS: &str = "two reviewers, never the requester";
 }
 
 /// What governance lets one statement do.
@@ -800,7 +933,9 @@ impl Backend for CoordinatorBackend {
         let permit =
             carrow_sql::blocking::off_worker(|| self.permit(caller, role, meta, sql, &query_id))
                 .map_err(|e| self.refuse(caller, &query_id, meta.project.as_deref(), sql, e))?;
-        let runs = !sql.trim().is_empty() && !meta.setting;
+        // Preparing a statement checks it; it runs (and is recorded as
+        // started) when executed.
+        let runs = !sql.trim().is_empty() && !meta.setting && !meta.preparing;
         let turn = if runs {
             Some(
                 self.wait_turn(&caller.user)
@@ -920,21 +1055,9 @@ impl Backend for CoordinatorBackend {
                 }
                 let new: NewRequest = serde_json::from_value(input.clone())
                     .map_err(|e| QueryError::Invalid(format!("action {name}: {e}")))?;
-                if let Err(reason) = self.state.config.may_use(&caller.user, &new.project) {
-                    self.state.record(json!({
-                        "kind": "request", "action": "submit", "user": caller.user,
-                        "role": caller.role, "project": new.project, "sql": new.sql,
-                        "outcome": "refused", "error": reason,
-                    }));
-                    return Err(QueryError::refused(rules::PROJECTS, reason));
-                }
-                let request = store.submit(&caller.user, &new).map_err(governance_error)?;
-                self.state.record(json!({
-                    "kind": "request", "action": "submit", "user": caller.user, "role": caller.role,
-                    "request": request.id, "project": request.project, "output": new.output,
-                    "sql": request.sql, "outcome": "ok",
-                }));
-                json!(request)
+                json!(carrow_sql::blocking::off_worker(|| self
+                    .state
+                    .submit_request(caller, &new, "flight"))?)
             }
             "carrow.request.list" => match role {
                 Role::Researcher => {
@@ -968,14 +1091,9 @@ impl Backend for CoordinatorBackend {
                 let decision = input["decision"].as_str().unwrap_or_default().to_string();
                 let comment = input["comment"].as_str();
                 let id = id()?;
-                let outcome = store.decide(id, &caller.user, &decision, comment);
-                self.state.record(json!({
-                    "kind": "request", "action": decision, "user": caller.user, "role": caller.role,
-                    "request": id, "comment": comment,
-                    "outcome": if outcome.is_ok() { "ok" } else { "refused" },
-                    "error": outcome.as_ref().err().map(|e| e.to_string()),
-                }));
-                json!(outcome.map_err(governance_error)?)
+                json!(carrow_sql::blocking::off_worker(|| self
+                    .state
+                    .decide_request(caller, id, &decision, comment, "flight"))?)
             }
             other => return Err(QueryError::NotFound(format!("unknown action {other:?}"))),
         };
@@ -1100,6 +1218,7 @@ impl QueryScope for CoordinatorScope {
             "request": self.request,
             "sql": sql,
             "outcome": outcome_word,
+            "rule": outcome.err().and_then(rule_of),
             "error": error,
             "rows": rows,
             "duration_ms": self.started.elapsed().as_millis() as u64,

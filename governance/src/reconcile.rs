@@ -69,6 +69,48 @@ pub struct Reconciliation {
     pub proofs: usize,
     /// Each problem, naming the log, query and node.
     pub problems: Vec<String>,
+    /// What is not a problem but worth knowing (fragments of queries a
+    /// stopped coordinator left without outcome).
+    pub notes: Vec<String>,
+}
+
+/// The `kind` of the record a service writes when it starts and stops.
+pub const SERVICE_KIND: &str = "service";
+
+/// Each query started with no outcome after it: its line, and whether the
+/// coordinator's run it belongs to ended without a clean stop.
+fn unfinished_queries(entries: &[Entry]) -> HashMap<String, (usize, bool)> {
+    // Runs of the coordinator, split at its "started" records; whether each
+    // ended with a clean "stopped" record.
+    let mut run = 0usize;
+    let mut clean_stop: Vec<bool> = vec![false];
+    let mut started: HashMap<String, (usize, usize)> = HashMap::new();
+    for e in entries {
+        let b = &e.body;
+        if b["kind"] == SERVICE_KIND {
+            match b["event"].as_str() {
+                Some("started") if e.seq > 1 => {
+                    run += 1;
+                    clean_stop.push(false);
+                }
+                Some("stopped") => clean_stop[run] = true,
+                _ => {}
+            }
+            continue;
+        }
+        let Some(query) = b["query_id"].as_str() else {
+            continue;
+        };
+        if b["kind"] == "query" && b["phase"] == crate::audit::PHASE_STARTED {
+            started.insert(query.to_string(), (e.line, run));
+        } else if b["kind"] == "query" {
+            started.remove(query);
+        }
+    }
+    started
+        .into_iter()
+        .map(|(q, (line, r))| (q, (line, !clean_stop[r])))
+        .collect()
 }
 
 /// Matches the coordinator's log at `coordinator` against each `(node, log)`.
@@ -114,13 +156,12 @@ pub fn reconcile(
             ("coordinator", verified.get("coordinator")),
         );
     }
-    // Queries the coordinator started and never recorded an outcome for:
-    // it stopped (killed, crashed) while running them; `verify` names them.
-    let unfinished: HashSet<String> = coordinator_entries
-        .iter()
-        .filter(|e| e.body["kind"] == "query" && e.body["phase"] == crate::audit::PHASE_STARTED)
-        .filter_map(|e| Some(e.body["query_id"].as_str()?.to_string()))
-        .collect();
+    // Queries the coordinator started and never recorded an outcome for.
+    // The coordinator records each start and clean stop of its own: a query
+    // left without outcome by a run that ended without a clean stop (killed,
+    // crashed; the last run, or one a restart followed) is noted, not a
+    // problem. One left by a run that stopped cleanly lost its outcome record.
+    let unfinished: HashMap<String, (usize, bool)> = unfinished_queries(&coordinator_entries);
     let queries: HashMap<String, Entry> = coordinator_entries
         .into_iter()
         .filter(|e| e.body["kind"] == "query" && e.body["phase"] != crate::audit::PHASE_STARTED)
@@ -170,7 +211,22 @@ pub fn reconcile(
             if !upstream.starts_with("q-") || claimed.contains(node_query) {
                 continue;
             }
-            if !queries.contains_key(upstream) && unfinished.contains(upstream) {
+            if !queries.contains_key(upstream)
+                && let Some((line, stopped_uncleanly)) = unfinished.get(upstream)
+            {
+                let said = format!(
+                    "node {node} served fragment {node_query} (line {}) for coordinator query {upstream} (line {line}), \
+                     which has no outcome in the coordinator's log",
+                    record.line
+                );
+                if *stopped_uncleanly {
+                    out.notes
+                        .push(format!("{said}: the coordinator stopped while running it"));
+                } else {
+                    out.problems.push(format!(
+                        "{said}, though the coordinator stopped cleanly after it: its outcome record is missing"
+                    ));
+                }
                 continue;
             }
             let recorded_as_failed = queries.get(upstream).is_some_and(|q| {

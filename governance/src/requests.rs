@@ -40,7 +40,8 @@ impl std::str::FromStr for Output {
 }
 
 impl Output {
-    fn as_str(self) -> &'static str {
+    /// `aggregate` or `extract`.
+    pub fn as_str(self) -> &'static str {
         match self {
             Output::Aggregate => "aggregate",
             Output::Extract => "extract",
@@ -58,6 +59,22 @@ pub struct NewRequest {
     /// Last day (YYYY-MM-DD) on which it may run.
     pub expires_on: Option<String>,
     pub max_runs: Option<u32>,
+    /// The request this one revises (one of the same researcher's that
+    /// governance asked changes of); it is then superseded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revises: Option<i64>,
+}
+
+/// One run a request allowed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub id: i64,
+    /// The coordinator's query id (its audit log has the query).
+    pub query_id: String,
+    /// running, ok, failed or interrupted.
+    pub status: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
 }
 
 /// One governance decision on a request.
@@ -80,14 +97,24 @@ pub struct Request {
     pub output: Output,
     pub sql: String,
     pub canonical_sql: String,
-    /// submitted, approved, changes-requested, rejected or revoked.
+    /// submitted, approved, changes-requested, superseded, rejected or revoked.
     pub status: String,
+    /// The request this one revises, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revises: Option<i64>,
     pub expires_on: Option<String>,
     pub max_runs: Option<u32>,
     /// Runs that completed or are under way.
     pub runs_used: u32,
     pub created_at: String,
     pub decisions: Vec<Decision>,
+}
+
+impl Request {
+    /// Its output kind's name.
+    pub fn output_name(&self) -> &'static str {
+        self.output.as_str()
+    }
 }
 
 /// A run a request allowed: finish it with [`RequestStore::finish_run`].
@@ -171,6 +198,17 @@ impl RequestStore {
         db.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(&err)?;
         db.execute_batch(SCHEMA).map_err(&err)?;
+        // Stores made before requests could revise one another.
+        let has_revises: bool = db
+            .prepare("SELECT 1 FROM pragma_table_info('requests') WHERE name = 'revises'")
+            .and_then(|mut s| s.exists([]))
+            .map_err(&err)?;
+        if !has_revises {
+            db.execute_batch(
+                "ALTER TABLE requests ADD COLUMN revises INTEGER REFERENCES requests (id)",
+            )
+            .map_err(&err)?;
+        }
         let interrupted = db
             .execute(
                 "UPDATE runs SET status = 'interrupted', finished_at = ?1 WHERE status = 'running'",
@@ -238,9 +276,23 @@ impl RequestStore {
         }
         let err = db_error(&self.path);
         let id = self.with(|tx| {
+            if let Some(old) = new.revises {
+                let revised = load(tx, old, &self.path)?.ok_or(GovernanceError::NoSuchRequest(old))?;
+                if revised.requester != requester || revised.status != "changes-requested" {
+                    return Err(GovernanceError::Refused(format!(
+                        "request {old} is {} and {}'s: only a request of yours that governance asked changes of can be revised",
+                        revised.status, revised.requester
+                    )));
+                }
+                tx.execute(
+                    "UPDATE requests SET status = 'superseded' WHERE id = ?1",
+                    params![old],
+                )
+                .map_err(&err)?;
+            }
             tx.execute(
-                "INSERT INTO requests (requester, project, purpose, output, sql, canonical_sql, status, expires_on, max_runs, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'submitted', ?7, ?8, ?9)",
+                "INSERT INTO requests (requester, project, purpose, output, sql, canonical_sql, status, expires_on, max_runs, created_at, revises)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'submitted', ?7, ?8, ?9, ?10)",
                 params![
                     requester,
                     new.project,
@@ -250,7 +302,8 @@ impl RequestStore {
                     canonical,
                     expires_on,
                     new.max_runs,
-                    now()
+                    now(),
+                    new.revises
                 ],
             )
             .map_err(&err)?;
@@ -428,6 +481,28 @@ impl RequestStore {
         })
     }
 
+    /// The runs of request `id`, oldest first.
+    pub fn runs(&self, id: i64) -> Result<Vec<RunRecord>, GovernanceError> {
+        let err = db_error(&self.path);
+        let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        let mut statement = db
+            .prepare("SELECT id, query_id, status, started_at, finished_at FROM runs WHERE request_id = ?1 ORDER BY id")
+            .map_err(&err)?;
+        statement
+            .query_map(params![id], |row| {
+                Ok(RunRecord {
+                    id: row.get(0)?,
+                    query_id: row.get(1)?,
+                    status: row.get(2)?,
+                    started_at: row.get(3)?,
+                    finished_at: row.get(4)?,
+                })
+            })
+            .map_err(&err)?
+            .collect::<Result<_, _>>()
+            .map_err(&err)
+    }
+
     /// Records how a run ended; a failed run does not count against the limit.
     pub fn finish_run(&self, run: i64, ok: bool) -> Result<(), GovernanceError> {
         let err = db_error(&self.path);
@@ -502,7 +577,8 @@ fn load(db: &Connection, id: i64, path: &Path) -> Result<Option<Request>, Govern
     let request = db
         .query_row(
             "SELECT id, requester, project, purpose, output, sql, canonical_sql, status, expires_on, max_runs, created_at,
-                    (SELECT count(*) FROM runs WHERE request_id = requests.id AND status IN ('running', 'ok'))
+                    (SELECT count(*) FROM runs WHERE request_id = requests.id AND status IN ('running', 'ok')),
+                    revises
              FROM requests WHERE id = ?1",
             params![id],
             |row| {
@@ -524,6 +600,7 @@ fn load(db: &Connection, id: i64, path: &Path) -> Result<Option<Request>, Govern
                     max_runs: row.get(9)?,
                     created_at: row.get(10)?,
                     runs_used: row.get(11)?,
+                    revises: row.get(12)?,
                     decisions: Vec::new(),
                 })
             },
@@ -571,7 +648,47 @@ mod tests {
             sql: SQL.into(),
             expires_on: expires_on.map(str::to_string),
             max_runs,
+            revises: None,
         }
+    }
+
+    #[test]
+    fn a_revision_supersedes_the_request_changes_were_asked_of_and_runs_are_listed() {
+        let (_dir, store) = store();
+        let first = store.submit("rita", &new(None, None)).unwrap();
+        // Not yet asked for changes: not revisable.
+        let early = NewRequest {
+            revises: Some(first.id),
+            ..new(None, None)
+        };
+        assert!(store.submit("rita", &early).is_err());
+        store
+            .decide(
+                first.id,
+                "gina",
+                "request-changes",
+                Some("narrow the areas"),
+            )
+            .unwrap();
+        assert!(
+            store.submit("bob", &early).is_err(),
+            "only its requester revises it"
+        );
+        let second = store.submit("rita", &early).unwrap();
+        assert_eq!(second.revises, Some(first.id));
+        assert_eq!(store.get(first.id).unwrap().status, "superseded");
+        for reviewer in ["gina", "hal"] {
+            store.decide(second.id, reviewer, "approve", None).unwrap();
+        }
+        let run = store.start_run("rita", SQL, "2026-01-01", "q-1").unwrap();
+        store.finish_run(run.id, true).unwrap();
+        let runs = store.runs(second.id).unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(
+            (runs[0].query_id.as_str(), runs[0].status.as_str()),
+            ("q-1", "ok")
+        );
+        assert!(store.runs(first.id).unwrap().is_empty());
     }
 
     #[test]

@@ -181,6 +181,7 @@ fn coordinator_config(
         listen: "127.0.0.1:50050".into(),
         tls: None,
         ops_listen: None,
+        console: None,
         state_dir: "state".into(),
         audit_key: None,
         default_project: configs::DEMO_PROJECT.into(),

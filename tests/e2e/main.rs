@@ -4,6 +4,7 @@
 mod adbc;
 mod attacks;
 mod cli;
+mod console;
 mod coordinator;
 mod febrl;
 mod generated_sql;
