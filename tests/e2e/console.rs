@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::support::{NodeProcess, generate};
 
 /// The console's address, from the line the coordinator logs when it starts it.
-fn console_addr(log: &std::path::Path) -> std::net::SocketAddr {
+pub(crate) fn console_addr(log: &std::path::Path) -> std::net::SocketAddr {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -141,6 +141,23 @@ fn the_board_reviews_requests_and_audit_trails_in_a_browser() {
     assert_eq!(c["charts"], 5, "{c}");
     let overview = text("overview_text");
     assert!(overview.contains("approved requests only"), "{overview}");
+    // Every decision made in the console is in the coordinator's audit
+    // log, as the CLI's are, refusals included.
+    let log = std::fs::read_to_string(root.join("coordinator/state/audit.jsonl")).unwrap();
+    let console_records: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["body"].clone())
+        .filter(|b| b["via"] == "console")
+        .collect();
+    let count = |action: &str, outcome: &str| {
+        console_records
+            .iter()
+            .filter(|b| b["action"] == action && b["outcome"] == outcome)
+            .count()
+    };
+    assert_eq!(count("submit", "ok"), 1, "{console_records:?}");
+    assert_eq!(count("approve", "ok"), 2, "{console_records:?}");
+    assert_eq!(count("approve", "refused"), 1, "{console_records:?}");
     for shot in ["queue", "request", "audit", "audit-query", "overview"] {
         assert!(shots.join(format!("{shot}.png")).exists(), "{shot}");
     }

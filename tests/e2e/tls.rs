@@ -23,6 +23,11 @@ impl Pki {
         std::fs::create_dir_all(dir).unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // Its own name: a certificate whose issuer is its subject reads as
+        // self-signed to OpenSSL clients (curl).
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Carrow test CA");
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
         let server_key = KeyPair::generate().unwrap();
         let server_cert =
@@ -153,6 +158,12 @@ async fn a_coordinator_serves_over_tls_and_federates_nodes_over_tls_and_mutual_t
         .collect();
     let coordinator = crate::coordinator::start_coordinator_at(root, &addrs, |config| {
         config.tls = Some(pki.server(false));
+        config.console = Some(carrow_coordinator::config::ConsoleConfig {
+            listen: "127.0.0.1:0".into(),
+            tls: Some(pki.server(false)),
+            session_minutes: 5,
+            node_logs: Default::default(),
+        });
         for node in &mut config.nodes {
             node.url = node.url.replace("http://", "https://");
             let mutual = node.name != "acute";
@@ -210,6 +221,31 @@ async fn a_coordinator_serves_over_tls_and_federates_nodes_over_tls_and_mutual_t
     // Plain text to the coordinator is refused: no password crosses in clear.
     let plain = crate::support::try_client(coordinator.addr, "planner", password.trim()).await;
     assert!(plain.is_err());
+    // The governance console serves HTTPS with the same kind of settings.
+    let console = crate::console::console_addr(&root.join("coordinator/coordinator.log"));
+    let curl = |url: String, ca: bool| {
+        let mut command = std::process::Command::new("curl");
+        command.args(["-sS", "-D", "-", "-o", "/dev/null", "--max-time", "10"]);
+        if ca {
+            command.args(["--cacert", pki.file("ca.pem").to_str().unwrap()]);
+        }
+        command.arg(url).output().unwrap()
+    };
+    let out = curl(format!("https://localhost:{}/login", console.port()), true);
+    let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(
+        out.status.success()
+            && head.starts_with("http/1.1 200")
+            && head.contains("content-security-policy: default-src 'none'"),
+        "{head}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !curl(format!("http://localhost:{}/login", console.port()), false)
+            .status
+            .success()
+    );
+
     // A TLS client that does not trust the coordinator's CA is refused too.
     let other = Pki::make(&root.join("other-pki"));
     let untrusted = match tls_client(coordinator.addr, &other.ca_pem, None).await {
