@@ -72,8 +72,8 @@ pub struct RunningCoordinator {
     /// The governance console's address, if it has one.
     pub console_addr: Option<SocketAddr>,
     server: carrow_sql::flight::RunningServer,
-    ops: Option<carrow_sql::ops::OpsServer>,
-    console: Option<console::ConsoleServer>,
+    ops: Option<carrow_sql::ops::HttpServer>,
+    console: Option<carrow_sql::ops::HttpServer>,
     refresher: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -108,7 +108,7 @@ impl RunningCoordinator {
         tracing::info!(addr = %server.addr, "coordinator serving Flight SQL");
         let ops = match &state.config().ops_listen {
             Some(listen) => {
-                let ops = carrow_sql::ops::OpsServer::start(listen, state.clone())
+                let ops = carrow_sql::ops::serve(listen, state.clone())
                     .await
                     .map_err(|source| CoordinatorError::Bind {
                         addr: listen.clone(),
@@ -119,7 +119,7 @@ impl RunningCoordinator {
             }
             None => None,
         };
-        let console = console::ConsoleServer::start(state.clone()).await?;
+        let console = console::start(state.clone()).await?;
         let refresher = (state.refresh_interval() > 0).then(|| {
             let state = state.clone();
             tokio::spawn(async move {

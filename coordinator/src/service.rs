@@ -1327,18 +1327,6 @@ impl Ops for CoordinatorState {
                 index.report.persons as f64,
             );
         }
-        m.set(
-            "carrow_audit_log_records",
-            "Records in the audit log.",
-            &[],
-            self.audit.records() as f64,
-        );
-        let bytes = std::fs::metadata(self.audit.path()).map_or(0, |m| m.len());
-        m.set(
-            "carrow_audit_log_bytes",
-            "Size of the audit log file.",
-            &[],
-            bytes as f64,
-        );
+        m.set_audit_log(self.audit.records(), self.audit.path());
     }
 }

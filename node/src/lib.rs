@@ -58,7 +58,7 @@ pub struct RunningNode {
     /// The operations listener's address, if it has one.
     pub ops_addr: Option<SocketAddr>,
     server: carrow_sql::flight::RunningServer,
-    ops: Option<carrow_sql::ops::OpsServer>,
+    ops: Option<carrow_sql::ops::HttpServer>,
 }
 
 impl RunningNode {
@@ -82,7 +82,7 @@ impl RunningNode {
         tracing::info!(node = %state.name(), addr = %server.addr, "serving Flight SQL");
         let ops = match &state.config().ops_listen {
             Some(listen) => {
-                let ops = carrow_sql::ops::OpsServer::start(listen, state.clone())
+                let ops = carrow_sql::ops::serve(listen, state.clone())
                     .await
                     .map_err(|source| NodeError::Bind {
                         addr: listen.clone(),

@@ -393,18 +393,10 @@ impl NodeState {
         e: QueryError,
     ) -> QueryError {
         self.count(&caller.role, Err(&e));
-        self.record(json!({
-            "query_id": query_id,
-            "upstream_query_id": meta.upstream_query_id,
-            "upstream_checkpoint": upstream_checkpoint(meta),
-            "trace_id": meta.trace_id,
-            "caller": caller.user,
-            "role": caller.role,
-            "project": project,
-            "sql": sql,
-            "outcome": e.outcome(),
-            "error": e.to_string(),
-        }));
+        let mut body = statement_fields(query_id, caller, meta, project, sql);
+        body["outcome"] = json!(e.outcome());
+        body["error"] = json!(e.to_string());
+        self.record(body);
         e
     }
 
@@ -664,24 +656,18 @@ impl Backend for NodeBackend {
             }
             state.add_token_table(&session, &project, &recorder).await?;
         }
-        if !sql.trim().is_empty() && !meta.setting {
+        // A statement being prepared is checked, not run: it is recorded
+        // when it runs.
+        if !sql.trim().is_empty() && !meta.setting && !meta.preparing {
             // Recorded before it runs: a process that stops mid-query
             // leaves a record without an outcome, which `audit verify` names.
             tracing::info!(node = %state.config.name, query_id = %query_id,
                 upstream_query_id = meta.upstream_query_id.as_deref().unwrap_or("-"),
                 trace_id = meta.trace_id.as_deref().unwrap_or("-"), caller = %caller.user,
                 project = %project, "fragment started");
-            state.record(json!({
-                "phase": carrow_governance::audit::PHASE_STARTED,
-                "query_id": query_id,
-                "upstream_query_id": meta.upstream_query_id,
-                "upstream_checkpoint": upstream_checkpoint(meta),
-                "trace_id": meta.trace_id,
-                "caller": caller.user,
-                "role": caller.role,
-                "project": project,
-                "sql": sql,
-            }));
+            let mut body = statement_fields(&query_id, caller, meta, Some(&project), sql);
+            body["phase"] = json!(carrow_governance::audit::PHASE_STARTED);
+            state.record(body);
         }
         Ok(Arc::new(NodeScope {
             state: state.clone(),
@@ -754,6 +740,26 @@ struct NodeScope {
     upstream_checkpoint: Option<String>,
     trace_id: Option<String>,
     recorder: Arc<AccessRecorder>,
+}
+
+/// The fields of every audit record of a statement at this node.
+fn statement_fields(
+    query_id: &str,
+    caller: &Caller,
+    meta: &RequestMeta,
+    project: Option<&str>,
+    sql: &str,
+) -> serde_json::Value {
+    json!({
+        "query_id": query_id,
+        "upstream_query_id": meta.upstream_query_id,
+        "upstream_checkpoint": upstream_checkpoint(meta),
+        "trace_id": meta.trace_id,
+        "caller": caller.user,
+        "role": caller.role,
+        "project": project,
+        "sql": sql,
+    })
 }
 
 /// The coordinator's checkpoint sent with a fragment, if it is one the
@@ -857,19 +863,7 @@ impl Ops for NodeState {
 
     fn refresh_gauges(&self) {
         let m = &self.metrics;
-        m.set(
-            "carrow_audit_log_records",
-            "Records in the audit log.",
-            &[],
-            self.audit.records() as f64,
-        );
-        let bytes = std::fs::metadata(self.audit.path()).map_or(0, |m| m.len());
-        m.set(
-            "carrow_audit_log_bytes",
-            "Size of the audit log file.",
-            &[],
-            bytes as f64,
-        );
+        m.set_audit_log(self.audit.records(), self.audit.path());
         m.set(
             "carrow_tables_unavailable",
             "Published tables whose source cannot be read.",

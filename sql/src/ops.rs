@@ -216,6 +216,25 @@ pub trait Ops: Send + Sync + 'static {
     fn refresh_gauges(&self) {}
 }
 
+impl Metrics {
+    /// The audit log's gauges: its records and the size of its file.
+    pub fn set_audit_log(&self, records: u64, path: &std::path::Path) {
+        self.set(
+            "carrow_audit_log_records",
+            "Records in the audit log.",
+            &[],
+            records as f64,
+        );
+        let bytes = std::fs::metadata(path).map_or(0, |m| m.len());
+        self.set(
+            "carrow_audit_log_bytes",
+            "Size of the audit log file.",
+            &[],
+            bytes as f64,
+        );
+    }
+}
+
 async fn health(State(ops): State<Arc<dyn Ops>>) -> impl IntoResponse {
     let health = tokio::task::spawn_blocking(move || ops.health())
         .await
@@ -242,31 +261,42 @@ async fn metrics(State(ops): State<Arc<dyn Ops>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
-/// The operations listener, serving until stopped.
-pub struct OpsServer {
+/// An HTTP server (the operations listener, the governance console),
+/// serving until stopped.
+pub struct HttpServer {
     /// The address it listens on.
     pub addr: std::net::SocketAddr,
     shutdown: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    task: tokio::task::JoinHandle<()>,
 }
 
-impl OpsServer {
-    /// Binds `listen` and serves `/health` and `/metrics` of `ops`.
-    pub async fn start(listen: &str, ops: Arc<dyn Ops>) -> std::io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(listen).await?;
-        let addr = listener.local_addr()?;
-        let app = Router::new()
-            .route("/health", get(health))
-            .route("/metrics", get(metrics))
-            .with_state(ops);
-        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
+impl HttpServer {
+    /// Binds `listen` and serves `app` over plain HTTP.
+    pub async fn start(listen: &str, app: Router) -> std::io::Result<Self> {
+        Self::start_with(listen, move |listener, stopped| async move {
+            let served = axum::serve(listener, app)
                 .with_graceful_shutdown(async {
                     let _ = stopped.await;
                 })
-                .await
-        });
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "an HTTP listener stopped");
+            }
+        })
+        .await
+    }
+
+    /// Binds `listen` and runs `serve` on it until the receiver it is
+    /// given fires (a TLS accept loop, say).
+    pub async fn start_with<F, Fut>(listen: &str, serve: F) -> std::io::Result<Self>
+    where
+        F: FnOnce(tokio::net::TcpListener, tokio::sync::oneshot::Receiver<()>) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, stopped));
         Ok(Self {
             addr,
             shutdown,
@@ -279,6 +309,15 @@ impl OpsServer {
         let _ = self.shutdown.send(());
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.task).await;
     }
+}
+
+/// Binds `listen` and serves `/health` and `/metrics` of `ops`.
+pub async fn serve(listen: &str, ops: Arc<dyn Ops>) -> std::io::Result<HttpServer> {
+    let app = Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .with_state(ops);
+    HttpServer::start(listen, app).await
 }
 
 #[cfg(test)]

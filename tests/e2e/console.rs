@@ -5,34 +5,17 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{NodeProcess, generate};
+use crate::support::generate;
 
 /// The console's address, from the line the coordinator logs when it starts it.
 pub(crate) fn console_addr(log: &std::path::Path) -> std::net::SocketAddr {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if let Some(addr) = text
-            .lines()
-            .filter(|l| l.contains("governance console serving"))
-            .find_map(|l| {
-                l.split("addr=")
-                    .nth(1)?
-                    .split_whitespace()
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-        {
-            return addr;
-        }
-        assert!(Instant::now() < deadline, "no console in\n{text}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    crate::support::logged_addr(
+        || std::fs::read_to_string(log).unwrap_or_default(),
+        "governance console serving",
+    )
 }
 
 #[test]
@@ -40,13 +23,7 @@ fn the_board_reviews_requests_and_audit_trails_in_a_browser() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     generate(root, 1_500, 78);
-    let nodes: Vec<(&str, NodeProcess)> = ["acute", "gp", "council"]
-        .into_iter()
-        .map(|n| (n, NodeProcess::start(&root.join(format!("{n}/node.toml")))))
-        .collect();
-    let addrs: Vec<(&str, std::net::SocketAddr)> =
-        nodes.iter().map(|(n, p)| (*n, p.addr)).collect();
-    let coordinator = crate::coordinator::start_coordinator_at(root, &addrs, |config| {
+    let (nodes, coordinator) = crate::coordinator::start_federation(root, |config| {
         config.console = Some(carrow_coordinator::config::ConsoleConfig {
             listen: "127.0.0.1:0".into(),
             tls: None,
@@ -89,6 +66,20 @@ fn the_board_reviews_requests_and_audit_trails_in_a_browser() {
     );
     assert_eq!(c["purpose_elements"], 0);
     assert_eq!(text("status_after_submit"), "submitted");
+    // Changes requested, the request revised: the board sees the diff and
+    // the first version is superseded.
+    assert_eq!(text("status_after_changes"), "changes-requested");
+    assert!(
+        text("revision_prefilled").contains("count(*) AS packages"),
+        "{c}"
+    );
+    let diff = text("diff");
+    assert!(
+        diff.contains("- SELECT k.service_type, COUNT(*) AS PACKAGES FROM council.care_packages")
+            && diff.contains("+ SELECT k.service_type, COUNT(DISTINCT k.pid) AS people"),
+        "{diff}"
+    );
+    assert_eq!(text("draft_status"), "superseded");
     assert!(text("reads").contains("council care_packages"), "{c}");
     assert!(text("reads").contains("gp registrations"), "{c}");
     // The requester cannot decide; a reviewer approves once only.
@@ -155,7 +146,8 @@ fn the_board_reviews_requests_and_audit_trails_in_a_browser() {
             .filter(|b| b["action"] == action && b["outcome"] == outcome)
             .count()
     };
-    assert_eq!(count("submit", "ok"), 1, "{console_records:?}");
+    assert_eq!(count("submit", "ok"), 2, "{console_records:?}");
+    assert_eq!(count("request-changes", "ok"), 1, "{console_records:?}");
     assert_eq!(count("approve", "ok"), 2, "{console_records:?}");
     assert_eq!(count("approve", "refused"), 1, "{console_records:?}");
     for shot in ["queue", "request", "audit", "audit-query", "overview"] {

@@ -36,6 +36,25 @@ pub(crate) fn start_coordinator(root: &Path, nodes: &[(&str, &NodeProcess)]) -> 
     start_coordinator_at(root, &addrs, |_| {})
 }
 
+/// Starts the three generated organisations' nodes and a coordinator over
+/// them, with `change` made to its configuration.
+pub(crate) fn start_federation(
+    root: &Path,
+    change: impl FnOnce(&mut carrow_coordinator::CoordinatorConfig),
+) -> (Vec<NodeProcess>, CoordinatorProcess) {
+    let names = ["acute", "gp", "council"];
+    let nodes: Vec<NodeProcess> = names
+        .iter()
+        .map(|n| NodeProcess::start(&root.join(format!("{n}/node.toml"))))
+        .collect();
+    let addrs: Vec<(&str, SocketAddr)> = names
+        .into_iter()
+        .zip(nodes.iter().map(|n| n.addr))
+        .collect();
+    let coordinator = start_coordinator_at(root, &addrs, change);
+    (nodes, coordinator)
+}
+
 /// Starts a coordinator again from the config an earlier start wrote (same
 /// nodes, same state directory).
 pub(crate) fn start_coordinator_again(root: &Path) -> CoordinatorProcess {

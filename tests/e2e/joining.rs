@@ -14,13 +14,7 @@ async fn a_fourth_organisation_configured_by_hand_joins_at_the_next_refresh() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     generate(root, 800, 77);
-    let nodes: Vec<(&str, NodeProcess)> = ["acute", "gp", "council"]
-        .into_iter()
-        .map(|n| (n, NodeProcess::start(&root.join(format!("{n}/node.toml")))))
-        .collect();
-    let addrs: Vec<(&str, std::net::SocketAddr)> =
-        nodes.iter().map(|(n, p)| (*n, p.addr)).collect();
-    let coordinator = crate::coordinator::start_coordinator_at(root, &addrs, |config| {
+    let (nodes, coordinator) = crate::coordinator::start_federation(root, |config| {
         config.catalog_refresh_secs = 1;
     });
 

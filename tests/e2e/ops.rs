@@ -49,26 +49,7 @@ fn total(metrics: &str, name: &str) -> f64 {
 
 /// The ops listener's address, from the line a service logs when it starts it.
 fn ops_addr(log: impl Fn() -> String) -> SocketAddr {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = log();
-        if let Some(addr) = text
-            .lines()
-            .filter(|l| l.contains("ops listener serving"))
-            .find_map(|l| {
-                l.split("addr=")
-                    .nth(1)?
-                    .split_whitespace()
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-        {
-            return addr;
-        }
-        assert!(Instant::now() < deadline, "no ops listener in\n{text}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    crate::support::logged_addr(log, "ops listener serving")
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -274,3 +274,27 @@ pub fn released_near(released: &str, exact: i64) -> bool {
         .parse::<i64>()
         .is_ok_and(|r| r % 5 == 0 && (r - exact).abs() <= MAX_COUNT_ERROR)
 }
+
+/// The address a service logged on the line containing `marker` (as
+/// `addr=HOST:PORT`), waiting up to 20 s for it to appear in `log()`.
+pub fn logged_addr(log: impl Fn() -> String, marker: &str) -> SocketAddr {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let text = log();
+        if let Some(addr) = text.lines().filter(|l| l.contains(marker)).find_map(|l| {
+            l.split("addr=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        }) {
+            return addr;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {marker:?} line in\n{text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

@@ -15,11 +15,12 @@ from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 BASE, SECRETS, FLIGHT, SHOTS = sys.argv[1:5]
 PURPOSE = 'Care home <b>admissions</b> & <script>alert("x")</script> study'
+DRAFT = "SELECT k.service_type, count(*) AS packages FROM council.care_packages k GROUP BY k.service_type"
 SQL = (
     "SELECT k.service_type, count(DISTINCT k.pid) AS people "
     "FROM council.care_packages k JOIN gp.registrations g ON k.pid = g.pid "
@@ -41,7 +42,16 @@ def navigating(driver, act):
     """Runs `act` (a click or a form post) and waits for the next page."""
     old = driver.find_element(By.TAG_NAME, "html")
     act()
-    WebDriverWait(driver, 20).until(expected_conditions.staleness_of(old))
+
+    def left(_):
+        try:
+            old.is_enabled()
+            return False
+        except WebDriverException:  # stale, or no longer in the document
+            return True
+
+    WebDriverWait(driver, 20).until(left)
+    WebDriverWait(driver, 20).until(lambda d: d.execute_script("return document.readyState") == "complete")
 
 
 def password(user):
@@ -103,9 +113,28 @@ def main():
         researcher.find_element(By.ID, "project").send_keys("demo")
         researcher.find_element(By.ID, "purpose").send_keys(PURPOSE)
         Select(researcher.find_element(By.ID, "output")).select_by_value("aggregate")
-        researcher.find_element(By.ID, "sql").send_keys(SQL)
+        researcher.find_element(By.ID, "sql").send_keys(DRAFT)
+        navigating(researcher, researcher.find_element(By.ID, "submit").click)
+        draft = int(researcher.current_url.rstrip("/").rsplit("/", 1)[1])
+
+        # The board asks for changes; the researcher revises the request and
+        # the board sees what changed.
+        login(reviewer1, "reviewer1")
+        checks["reviewer_lands_on"] = heading(reviewer1)
+        decide(reviewer1, draft, "request-changes", "count people, not packages, among registered patients")
+        checks["status_after_changes"] = reviewer1.find_element(By.ID, "status").text
+        researcher.get(f"{BASE}/requests/{draft}")
+        navigating(researcher, researcher.find_element(By.ID, "revise").click)
+        sql_box = researcher.find_element(By.ID, "sql")
+        checks["revision_prefilled"] = sql_box.get_attribute("value")
+        sql_box.clear()
+        sql_box.send_keys(SQL)
         navigating(researcher, researcher.find_element(By.ID, "submit").click)
         request = int(researcher.current_url.rstrip("/").rsplit("/", 1)[1])
+        checks["diff"] = researcher.find_element(By.ID, "diff").text
+        researcher.get(f"{BASE}/requests/{draft}")
+        checks["draft_status"] = researcher.find_element(By.ID, "status").text
+        researcher.get(f"{BASE}/requests/{request}")
         checks["purpose_text"] = researcher.find_element(By.ID, "purpose").text
         checks["purpose_elements"] = len(researcher.find_elements(By.CSS_SELECTOR, "#purpose b, #purpose script"))
         checks["status_after_submit"] = researcher.find_element(By.ID, "status").text
@@ -116,8 +145,6 @@ def main():
         checks["requester_decides"] = heading(researcher)
 
         # Two reviewers approve in two separate browser sessions.
-        login(reviewer1, "reviewer1")
-        checks["reviewer_lands_on"] = heading(reviewer1)
         decide(reviewer1, request, "approve", "purpose and output fit the project")
         checks["approvals_after_first"] = reviewer1.find_element(By.ID, "approvals").text
         checks["approved_already_notice"] = len(reviewer1.find_elements(By.ID, "approved-already"))

@@ -36,84 +36,51 @@ struct Console {
 
 type Shared = State<Arc<Console>>;
 
-/// The console's server, serving until stopped.
-pub struct ConsoleServer {
-    /// The address it listens on.
-    pub addr: std::net::SocketAddr,
-    shutdown: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl ConsoleServer {
-    /// Binds the configured listener and serves the console of `state`.
-    pub async fn start(
-        state: Arc<CoordinatorState>,
-    ) -> Result<Option<Self>, crate::CoordinatorError> {
-        let Some(config) = state.config().console.clone() else {
-            return Ok(None);
-        };
-        let console = Arc::new(Console {
-            sessions: Sessions::new(std::time::Duration::from_secs(config.session_minutes * 60)),
-            state,
-        });
-        let app = router(console);
-        let listener = tokio::net::TcpListener::bind(&config.listen)
+/// Binds the configured listener and serves the console of `state`, over
+/// HTTPS when the console has TLS settings; none when it is not configured.
+pub async fn start(
+    state: Arc<CoordinatorState>,
+) -> Result<Option<carrow_sql::ops::HttpServer>, crate::CoordinatorError> {
+    let Some(config) = state.config().console.clone() else {
+        return Ok(None);
+    };
+    let console = Arc::new(Console {
+        sessions: Sessions::new(std::time::Duration::from_secs(config.session_minutes * 60)),
+        state,
+    });
+    let app = router(console);
+    let bind = |source| crate::CoordinatorError::Bind {
+        addr: config.listen.clone(),
+        source,
+    };
+    let server = match config.tls.clone() {
+        None => carrow_sql::ops::HttpServer::start(&config.listen, app)
             .await
-            .map_err(|source| crate::CoordinatorError::Bind {
-                addr: config.listen.clone(),
-                source,
+            .map_err(bind)?,
+        // The same kind of certificate and key files as the client
+        // listener, served as HTTPS through rustls and hyper.
+        Some(files) => {
+            let acceptor = tls_acceptor(&files).map_err(|e| {
+                crate::CoordinatorError::InvalidConfig(vec![format!("console.tls: {e}")])
             })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|source| crate::CoordinatorError::Bind {
-                addr: config.listen.clone(),
-                source,
-            })?;
-        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = match config.tls.clone() {
-            None => tokio::spawn(async move {
-                let served = axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = stopped.await;
-                    })
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "the console stopped");
-                }
-            }),
-            // The same certificate and key files as the client listener,
-            // served as HTTPS through rustls and hyper.
-            Some(files) => tokio::spawn(serve_tls(listener, app, files, stopped)),
-        };
-        tracing::info!(addr = %addr, "governance console serving");
-        Ok(Some(Self {
-            addr,
-            shutdown,
-            task,
-        }))
-    }
-
-    /// Stops serving.
-    pub async fn stop(self) {
-        let _ = self.shutdown.send(());
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.task).await;
-    }
+            carrow_sql::ops::HttpServer::start_with(&config.listen, move |listener, stopped| {
+                serve_tls(listener, app, acceptor, stopped)
+            })
+            .await
+            .map_err(bind)?
+        }
+    };
+    tracing::info!(addr = %server.addr, "governance console serving");
+    Ok(Some(server))
 }
 
-/// Serves `app` over TLS with the certificate and key of `files`.
+/// Serves `app` over TLS until `stopped` fires.
 async fn serve_tls(
     listener: tokio::net::TcpListener,
     app: Router,
-    files: carrow_sql::tls::ServerTls,
+    acceptor: tokio_rustls::TlsAcceptor,
     mut stopped: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let acceptor = match tls_acceptor(&files) {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::error!(error = %e, "the console's TLS settings cannot be used");
-            return;
-        }
-    };
     loop {
         let accepted = tokio::select! {
             _ = &mut stopped => return,
