@@ -111,6 +111,14 @@ pub struct Request {
 }
 
 impl Request {
+    /// How many governance users approved it.
+    pub fn approvals(&self) -> usize {
+        self.decisions
+            .iter()
+            .filter(|d| d.decision == "approve")
+            .count()
+    }
+
     /// Its output kind's name.
     pub fn output_name(&self) -> &'static str {
         self.output.as_str()
@@ -369,7 +377,7 @@ impl RequestStore {
                             "{reviewer} has already approved request {id}; it needs another governance user"
                         )));
                     }
-                    let approvals = approvals(&request) + 1;
+                    let approvals = request.approvals() + 1;
                     if approvals >= APPROVALS_NEEDED {
                         "approved"
                     } else {
@@ -527,14 +535,6 @@ enum Sync {
     Normal,
 }
 
-fn approvals(request: &Request) -> usize {
-    request
-        .decisions
-        .iter()
-        .filter(|d| d.decision == "approve")
-        .count()
-}
-
 /// A calendar date written YYYY-MM-DD (one-digit months and days too).
 fn parse_date(text: &str) -> Result<chrono::NaiveDate, String> {
     chrono::NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d")
@@ -548,7 +548,7 @@ fn usable(request: &Request, today: &str) -> Result<(), String> {
         "submitted" => {
             return Err(format!(
                 "awaits approval ({} of {APPROVALS_NEEDED} approvals)",
-                approvals(request)
+                request.approvals()
             ));
         }
         other => return Err(format!("is {other}")),

@@ -92,14 +92,6 @@ fn status_badge(status: &str) -> Markup {
     html! { span class={"status " (status)} { (status) } }
 }
 
-fn approvals(request: &Request) -> usize {
-    request
-        .decisions
-        .iter()
-        .filter(|d| d.decision == "approve")
-        .count()
-}
-
 /// The request queue: every request (governance) or one's own (researcher).
 pub fn queue(session: &Session, role: Role, all: &[Request], status: Option<&str>) -> Markup {
     let statuses = [
@@ -143,7 +135,7 @@ pub fn queue(session: &Session, role: Role, all: &[Request], status: Option<&str
                             td { (r.project) }
                             td { (r.output_name()) }
                             td.purpose { (r.purpose) }
-                            td { (approvals(r)) " of " (APPROVALS_NEEDED) }
+                            td { (r.approvals()) " of " (APPROVALS_NEEDED) }
                             td { (r.created_at.get(..16).unwrap_or(&r.created_at).replace('T', " ")) }
                         }
                     }
@@ -217,7 +209,7 @@ pub fn request(view: &RequestView<'_>) -> Markup {
                 dt { "output" } dd { (r.output_name()) }
                 dt { "expires on" } dd { (r.expires_on.clone().unwrap_or_else(|| "no expiry".into())) }
                 dt { "runs" } dd { (r.runs_used) " used of " (r.max_runs.map_or("unlimited".to_string(), |n| n.to_string())) }
-                dt { "approvals" } dd #approvals { (approvals(r)) " of " (APPROVALS_NEEDED)
+                dt { "approvals" } dd #approvals { (r.approvals()) " of " (APPROVALS_NEEDED)
                     " — two different governance users, never the requester" }
                 dt { "submitted" } dd { (r.created_at) }
                 @if let Some(old) = r.revises { dt { "revises" } dd { a href={"/requests/" (old)} { "request " (old) } } }
