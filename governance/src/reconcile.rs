@@ -146,8 +146,11 @@ pub fn reconcile(
             ("coordinator", held_by_coordinator.collect()),
             (node, verified.get(node)),
         );
+        // Only what the coordinator sent: a node records checkpoints from
+        // callers with the coordinator role alone.
         let held_by_node = node_entries
             .iter()
+            .filter(|e| e.body["role"] == "coordinator")
             .filter_map(|e| Some((e.line, e.body["upstream_checkpoint"].as_str()?.to_string())))
             .collect();
         check_held(

@@ -676,7 +676,7 @@ impl Backend for NodeBackend {
             caller: caller.clone(),
             project,
             upstream_query_id: meta.upstream_query_id.clone(),
-            upstream_checkpoint: upstream_checkpoint(meta),
+            upstream_checkpoint: upstream_checkpoint(caller, meta),
             trace_id: meta.trace_id.clone(),
             recorder,
         }))
@@ -753,7 +753,7 @@ fn statement_fields(
     json!({
         "query_id": query_id,
         "upstream_query_id": meta.upstream_query_id,
-        "upstream_checkpoint": upstream_checkpoint(meta),
+        "upstream_checkpoint": upstream_checkpoint(caller, meta),
         "trace_id": meta.trace_id,
         "caller": caller.user,
         "role": caller.role,
@@ -764,7 +764,12 @@ fn statement_fields(
 
 /// The coordinator's checkpoint sent with a fragment, if it is one the
 /// coordinator signed: recorded so this log pins the coordinator's.
-fn upstream_checkpoint(meta: &RequestMeta) -> Option<String> {
+fn upstream_checkpoint(caller: &Caller, meta: &RequestMeta) -> Option<String> {
+    // Only a coordinator's: another caller could send a checkpoint signed
+    // with a key of its own, and reconcile would then accuse the coordinator.
+    if caller.role != "coordinator" {
+        return None;
+    }
     let text = meta.upstream_checkpoint.as_deref()?;
     match Checkpoint::parse(text) {
         Ok(c) if c.origin == "coordinator" && c.signature_holds() => Some(c.to_text()),

@@ -766,6 +766,28 @@ async fn each_log_pins_the_others_so_truncation_rewriting_and_forgery_are_named(
         std::fs::read_to_string(root.join("coordinator/coordinator.log")).unwrap();
     assert!(coordinator_trace.contains(&trace));
 
+    // A node's own operator cannot plant a coordinator checkpoint signed
+    // by a key of its own in the node's log (it would accuse the coordinator).
+    let mut operator = crate::support::client(
+        cluster._nodes[0].addr,
+        "operator",
+        &root.join("secrets/operator-acute.token"),
+    )
+    .await;
+    let planted = carrow_governance::Checkpoint::sign(
+        &carrow_governance::AuditKey::generate(),
+        "coordinator",
+        3,
+        [7u8; 32],
+    );
+    operator.set_header("x-carrow-checkpoint", planted.to_text());
+    query(&mut operator, "SELECT count(*) FROM admissions")
+        .await
+        .unwrap();
+    let last: Value = serde_json::from_str(log_lines(&acute_log).last().unwrap()).unwrap();
+    assert_eq!(last["body"]["role"], "operator");
+    assert!(last["body"]["upstream_checkpoint"].is_null(), "{last}");
+
     let (code, printed) = reconcile_with(root, &coordinator_log, &acute_log);
     assert_eq!(code, Some(0), "{printed}");
     let proofs = printed
