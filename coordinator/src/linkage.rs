@@ -27,21 +27,12 @@ pub async fn build_for(
     config: &CoordinatorConfig,
     project: &str,
 ) -> Result<Arc<LinkageIndex>, QueryError> {
-    let mut nodes = Vec::new();
-    for endpoint in &config.nodes {
-        let token = std::fs::read_to_string(&endpoint.token_file).map_err(|e| {
-            QueryError::Invalid(format!(
-                "cannot read node token file {}: {e}",
-                endpoint.token_file.display()
-            ))
-        })?;
-        nodes.push(Arc::new(NodeClient::new(
-            endpoint,
-            token.trim().to_string(),
-            std::time::Duration::from_millis(config.connect_timeout_ms),
-            std::time::Duration::from_millis(config.query_timeout_ms),
-        )));
-    }
+    let nodes = config
+        .nodes
+        .iter()
+        .map(|endpoint| crate::service::node_client(config, endpoint))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| QueryError::Invalid(e.to_string()))?;
     build(&nodes, project, None, config.link_group_warning_size).await
 }
 

@@ -551,7 +551,7 @@ fn rule_of(err: &QueryError) -> Option<&str> {
 }
 
 /// A client of the node at `endpoint`, with its token read from its file.
-fn node_client(
+pub(crate) fn node_client(
     config: &CoordinatorConfig,
     endpoint: &NodeEndpoint,
 ) -> Result<Arc<NodeClient>, CoordinatorError> {

@@ -131,8 +131,13 @@ pub fn reconcile(
         }
     }
     let coordinator_entries = read_entries(coordinator)?;
-    for (node, path) in nodes {
-        let node_entries = read_entries(path)?;
+    // Each node's log, read once for both checks below.
+    let node_logs: Vec<(&String, Vec<Entry>)> = nodes
+        .iter()
+        .map(|(node, path)| Ok((node, read_entries(path)?)))
+        .collect::<Result<_, GovernanceError>>()?;
+    for (node, node_entries) in &node_logs {
+        let node = *node;
         let held_by_coordinator = coordinator_entries.iter().flat_map(|e| {
             let fragments = e.body["fragments"].as_array().cloned().unwrap_or_default();
             fragments
@@ -170,8 +175,8 @@ pub fn reconcile(
         .filter(|e| e.body["kind"] == "query" && e.body["phase"] != crate::audit::PHASE_STARTED)
         .filter_map(|e| Some((e.body["query_id"].as_str()?.to_string(), e)))
         .collect();
-    for (node, path) in nodes {
-        let served: HashMap<String, Entry> = read_entries(path)?
+    for (node, node_entries) in node_logs {
+        let served: HashMap<String, Entry> = node_entries
             .into_iter()
             .filter(|e| e.body["phase"] != crate::audit::PHASE_STARTED)
             .filter_map(|e| Some((e.body["query_id"].as_str()?.to_string(), e)))

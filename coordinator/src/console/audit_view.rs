@@ -49,7 +49,8 @@ pub struct AuditPage {
     pub filters: Vec<(String, String)>,
 }
 
-fn text(v: &Value) -> String {
+/// A JSON value as shown: strings bare, null empty.
+pub fn text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),

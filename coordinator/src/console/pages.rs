@@ -356,11 +356,7 @@ pub fn audit(session: &Session, page: &AuditPage) -> Markup {
 }
 
 fn field(body: &Value, name: &str) -> String {
-    match &body[name] {
-        Value::Null => String::new(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
+    super::audit_view::text(&body[name])
 }
 
 /// One query attempt: its SQL, fragments and receipts, reports.
